@@ -1,0 +1,25 @@
+"""Domain errors. The command line turns any of these into one line on stderr and exit status 2."""
+
+
+class XpmlpError(Exception):
+    """Base class for every error a user can cause with bad input."""
+
+
+class ConfigError(XpmlpError, ValueError):
+    """A setting (argument, flag, option) has a value xpmlp cannot use."""
+
+
+class DeviceError(XpmlpError, RuntimeError):
+    """The requested device or array backend is not available."""
+
+
+class DataError(XpmlpError, ValueError):
+    """Input data is malformed: wrong shape, labels out of range, NaN, unreadable file."""
+
+
+class CheckpointError(XpmlpError, ValueError):
+    """A checkpoint is missing, corrupt, or does not match the model."""
+
+
+class NonFiniteError(XpmlpError, FloatingPointError):
+    """Training produced a NaN or infinite loss; the message carries the diagnosis."""
