@@ -1,0 +1,44 @@
+"""xpmlp: a multilayer-perceptron trainer written once against the Array API.
+
+NumPy on the CPU, CuPy on CUDA GPUs, chosen at run time::
+
+    import xpmlp
+    model = xpmlp.MLP([784, 300, 300, 10], device="auto")
+    history = xpmlp.fit(model, X_train, y_train, epochs=10, validation_data=(X_val, y_val))
+"""
+
+from .backend import Backend, get_backend, to_numpy
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DeviceError,
+    NonFiniteError,
+    XpmlpError,
+)
+from .gradcheck import gradcheck
+from .model import MLP
+from .optim import Schedule, clip_grad_norm, make_optimizer
+from .training import Trainer, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "Backend",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DeviceError",
+    "NonFiniteError",
+    "Schedule",
+    "Trainer",
+    "XpmlpError",
+    "clip_grad_norm",
+    "evaluate",
+    "fit",
+    "get_backend",
+    "gradcheck",
+    "make_optimizer",
+    "to_numpy",
+]

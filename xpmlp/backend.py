@@ -1,0 +1,219 @@
+"""Where the device is chosen: the one module that knows about NumPy, CuPy, torch and array-api-strict.
+
+Everything else receives a :class:`Backend` and computes with ``backend.xp`` (an Array API
+namespace from array-api-compat) on ``backend.device``.
+
+Device specs
+------------
+``cpu``                       NumPy on the host.
+``gpu``, ``cuda``, ``cuda:N``  CuPy on CUDA device N (0 by default).
+``auto``                      CuPy when it is installed and sees a CUDA device, else NumPy.
+``array-api-strict[:NAME]``   array-api-strict, for testing; NAME picks one of its devices
+                              (``CPU_DEVICE``, ``device1``, ``device2``).
+``torch[:DEVICE]``            PyTorch through array-api-compat, for testing (``torch``, ``torch:cuda``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .errors import DeviceError
+
+DTYPES = ("float32", "float64")
+CUDA_INSTALL_HINT = 'pip install "xpmlp[cuda12]" (or "xpmlp[cuda13]" for CUDA 13 drivers)'
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array namespace and a device on it.
+
+    Attributes
+    ----------
+    name : str
+        ``numpy``, ``cupy``, ``array_api_strict`` or ``torch``.
+    spec : str
+        The normalised device spec that selects this backend again (``cpu``, ``cuda:0``, ...).
+    xp : module
+        The Array API namespace.
+    device : object
+        The device object arrays are created on (``None`` means the namespace's default).
+    """
+
+    name: str
+    spec: str
+    xp: Any
+    device: Any
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.spec.startswith("cuda") or self.spec.startswith("torch:cuda")
+
+    def dtype(self, name: str):
+        """Return the namespace's floating dtype for ``"float32"`` or ``"float64"``."""
+        if name not in DTYPES:
+            raise DeviceError(f"dtype must be one of {', '.join(DTYPES)}; got {name!r}")
+        return getattr(self.xp, name)
+
+    def asarray(self, host, dtype=None):
+        """Copy a host array (or array of any backend) onto this backend's device."""
+        if dtype is not None and isinstance(dtype, str):
+            dtype = self.dtype(dtype)
+        if not isinstance(host, np.ndarray):
+            host = to_numpy(host)
+        return self.xp.asarray(host, dtype=dtype, device=self.device)
+
+    def owns(self, array) -> bool:
+        """Whether ``array`` already belongs to this namespace and sits on this device."""
+        if _library_of(array) != self.name:
+            return False
+        return self.device is None or array_api_compat.device(array) == self.device
+
+    def synchronize(self) -> None:
+        """Wait until queued device work is done (a no-op on the CPU)."""
+        if self.name == "cupy":
+            self.xp.cuda.get_current_stream().synchronize()
+        elif self.name == "torch" and self.is_gpu:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def device_name(self) -> str:
+        """A human-readable name of the hardware, for logs and config files."""
+        if self.name == "cupy":
+            import cupy
+
+            props = cupy.cuda.runtime.getDeviceProperties(self.device.id)
+            return props["name"].decode()
+        if self.name == "torch" and self.is_gpu:
+            import torch
+
+            return torch.cuda.get_device_name(self.device)
+        return f"{self.name} {self.device}" if self.device is not None else "cpu"
+
+
+def _library_of(array) -> str:
+    module = type(array).__module__.split(".")[0]
+    return module if module in ("cupy", "torch", "array_api_strict") else "numpy"
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copy an array of any supported backend to a host NumPy array."""
+    if isinstance(x, np.ndarray | np.generic):
+        return np.asarray(x)
+    module = _library_of(x)
+    if module == "cupy":
+        return x.get()
+    if module == "torch":
+        return x.detach().cpu().numpy()
+    if module == "array_api_strict":
+        import array_api_strict
+
+        return np.asarray(array_api_strict.asarray(x, device=array_api_strict.Device("CPU_DEVICE")))
+    return np.asarray(x)
+
+
+def get_backend(spec: str | Backend = "cpu") -> Backend:
+    """Resolve a device spec (see the module docstring) to a :class:`Backend`.
+
+    Raises
+    ------
+    DeviceError
+        If the spec is unknown, or names a GPU that is not available; the message names the fix.
+    """
+    if isinstance(spec, Backend):
+        return spec
+    spec = str(spec).strip().lower()
+    if spec in ("cpu", "numpy"):
+        import array_api_compat.numpy as xp
+
+        return Backend("numpy", "cpu", xp, None)
+    if spec == "auto":
+        return _cupy_backend(0) if _cuda_available() else get_backend("cpu")
+    if spec in ("gpu", "cuda") or spec.startswith("cuda:"):
+        return _cupy_backend(_cuda_index(spec))
+    if spec.startswith("array-api-strict") or spec.startswith("array_api_strict"):
+        return _strict_backend(spec)
+    if spec == "torch" or spec.startswith("torch:"):
+        return _torch_backend(spec)
+    raise DeviceError(
+        f"unknown device {spec!r}; use cpu, gpu, cuda:N, auto, array-api-strict[:DEVICE] or torch"
+    )
+
+
+def _cuda_index(spec: str) -> int:
+    if ":" not in spec:
+        return 0
+    index = spec.split(":", 1)[1]
+    if not index.isdigit():
+        raise DeviceError(f"bad device {spec!r}: the part after 'cuda:' must be a GPU number")
+    return int(index)
+
+
+def _import_cupy():
+    try:
+        return importlib.import_module("cupy")
+    except ImportError as exc:
+        raise DeviceError(
+            f"a GPU was requested but CuPy is not installed; {CUDA_INSTALL_HINT}"
+        ) from exc
+
+
+def _cuda_available() -> bool:
+    try:
+        cupy = importlib.import_module("cupy")
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device: all mean "not available"
+        return False
+
+
+def _cupy_backend(index: int) -> Backend:
+    cupy = _import_cupy()
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise DeviceError(
+            f"CuPy is installed but sees no CUDA device ({exc}); check the NVIDIA driver, "
+            f"or that the CuPy package matches it: {CUDA_INSTALL_HINT}"
+        ) from exc
+    if index >= count:
+        raise DeviceError(f"no CUDA device cuda:{index}; this machine has {count}")
+    import array_api_compat.cupy as xp
+
+    return Backend("cupy", f"cuda:{index}", xp, cupy.cuda.Device(index))
+
+
+def _strict_backend(spec: str) -> Backend:
+    try:
+        import array_api_strict
+    except ImportError as exc:
+        raise DeviceError(
+            "array-api-strict is not installed; pip install array-api-strict"
+        ) from exc
+    name = spec.split(":", 1)[1] if ":" in spec else "CPU_DEVICE"
+    name = {"cpu_device": "CPU_DEVICE", "cpu": "CPU_DEVICE"}.get(name, name)
+    try:
+        device = array_api_strict.Device(name)
+    except ValueError as exc:
+        raise DeviceError(f"array-api-strict has no device {name!r}") from exc
+    return Backend("array_api_strict", f"array-api-strict:{name}", array_api_strict, device)
+
+
+def _torch_backend(spec: str) -> Backend:
+    try:
+        import array_api_compat.torch as xp
+        import torch
+    except ImportError as exc:
+        raise DeviceError("torch is not installed; pip install torch") from exc
+    name = spec.split(":", 1)[1] if ":" in spec else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceError(f"torch has no device {name!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("torch sees no CUDA device")
+    return Backend("torch", f"torch:{name}", xp, device)

@@ -1,0 +1,332 @@
+"""The multilayer perceptron: parameters, forward pass, backward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import ops, rng
+from .backend import Backend, get_backend, to_numpy
+from .errors import CheckpointError, ConfigError, DataError
+
+EVAL_BATCH = 8192
+
+
+class MLP:
+    """A fully connected network: hidden layers with one activation, then a linear output layer.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``(n_inputs, hidden_1, ..., hidden_k, n_outputs)``; at least two entries.
+    activation : str
+        Hidden-layer activation: relu, leaky_relu, tanh, sigmoid, gelu or identity.
+    loss : str
+        ``cross_entropy`` (softmax output, integer labels) or ``mse`` (identity output).
+    dropout : float
+        Inverted-dropout rate on every hidden layer's output, in [0, 1).
+    weight_decay : float
+        L2 penalty ``weight_decay / 2 * sum(W**2)`` over weight matrices (not biases), added to
+        the loss. For decoupled decay use the ``adamw`` optimizer instead.
+    init : str
+        ``auto`` (He for ReLU-like, Glorot otherwise), ``he`` or ``glorot``.
+    device : str or Backend
+        Where the parameters live; see :func:`xpmlp.backend.get_backend`.
+    dtype : str
+        ``float32`` (default) or ``float64``.
+    seed : int
+        Seeds initialisation and the model's own dropout stream; the same seed gives the same
+        weights on every backend.
+    """
+
+    def __init__(
+        self,
+        layer_sizes: Sequence[int],
+        *,
+        activation: str = "relu",
+        loss: str = "cross_entropy",
+        dropout: float = 0.0,
+        weight_decay: float = 0.0,
+        init: str = "auto",
+        device: str | Backend = "cpu",
+        dtype: str = "float32",
+        seed: int = 0,
+    ):
+        self.layer_sizes = _check_layer_sizes(layer_sizes)
+        self.activation = ops.get_activation(activation)
+        self.loss_name = loss
+        self._loss = ops.get_loss(loss)
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1); got {dropout}")
+        if weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0; got {weight_decay}")
+        if init not in ("auto", "he", "glorot"):
+            raise ConfigError(f"init must be auto, he or glorot; got {init!r}")
+        self.dropout = float(dropout)
+        self.weight_decay = float(weight_decay)
+        self.init = init
+        self.seed = int(seed)
+        self.backend = get_backend(device)
+        self.dtype_name = dtype
+        self.dtype = self.backend.dtype(dtype)
+        self._mask_rng = rng.generator(self.seed, 99)
+        self.params = {
+            name: self.backend.asarray(value, self.dtype)
+            for name, value in self._initial_params().items()
+        }
+
+    # ------------------------------------------------------------------ construction and state
+
+    @property
+    def xp(self):
+        return self.backend.xp
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layer_sizes) - 1
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layer_sizes[-1]
+
+    def _initial_params(self) -> dict[str, np.ndarray]:
+        generator = rng.init_generator(self.seed)
+        hidden_scheme = self.activation.init if self.init == "auto" else self.init
+        params = {}
+        for i, (fan_in, fan_out) in enumerate(zip(self.layer_sizes[:-1], self.layer_sizes[1:])):
+            last = i == self.n_layers - 1
+            scheme = "glorot" if last and self.init == "auto" else hidden_scheme
+            params[f"layers.{i}.weight"] = rng.init_weight(generator, fan_in, fan_out, scheme)
+            params[f"layers.{i}.bias"] = np.zeros(fan_out)
+        return params
+
+    def config(self) -> dict:
+        """Everything needed to rebuild this model (not its weights): JSON-serialisable."""
+        return {
+            "layer_sizes": list(self.layer_sizes),
+            "activation": self.activation.name,
+            "loss": self.loss_name,
+            "dropout": self.dropout,
+            "weight_decay": self.weight_decay,
+            "init": self.init,
+            "dtype": self.dtype_name,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, *, device: str | Backend = "cpu", dtype: str | None = None):
+        kwargs = dict(config)
+        sizes = kwargs.pop("layer_sizes")
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        return cls(sizes, device=device, **kwargs)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The parameters as host NumPy arrays, keyed like :attr:`params`."""
+        return {name: to_numpy(value) for name, value in self.params.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy parameters from ``state`` (NumPy or any backend's arrays) onto this model."""
+        missing = [name for name in self.params if name not in state]
+        unexpected = [name for name in state if name not in self.params]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"parameter names do not match the model: missing {missing}, unexpected {unexpected}"
+            )
+        for name, current in self.params.items():
+            value = to_numpy(state[name])
+            if tuple(value.shape) != tuple(current.shape):
+                raise CheckpointError(
+                    f"{name} has shape {tuple(value.shape)} in the checkpoint but "
+                    f"{tuple(current.shape)} in the model (layer sizes {self.layer_sizes})"
+                )
+        self.params = {name: self.backend.asarray(state[name], self.dtype) for name in self.params}
+
+    def to(self, device: str | Backend) -> MLP:
+        """Move the parameters to another device (in place); returns the model."""
+        state = self.state_dict()
+        self.backend = get_backend(device)
+        self.dtype = self.backend.dtype(self.dtype_name)
+        self.params = {
+            name: self.backend.asarray(value, self.dtype) for name, value in state.items()
+        }
+        return self
+
+    # ------------------------------------------------------------------ inputs
+
+    def as_input(self, X):
+        """``X`` of shape (n_samples, n_inputs) as an array of this model's dtype and device."""
+        if len(X.shape) != 2 or X.shape[1] != self.layer_sizes[0]:
+            raise DataError(
+                f"X must have shape (n_samples, {self.layer_sizes[0]}); got {tuple(X.shape)}"
+            )
+        return self._on_device(X, self.dtype)
+
+    def as_target(self, y):
+        """Labels (cross-entropy: integer array of shape (n,)) or targets (mse: (n, n_outputs))."""
+        if self.loss_name == "cross_entropy":
+            if len(y.shape) != 1:
+                raise DataError(f"labels must have shape (n_samples,); got {tuple(y.shape)}")
+            return self._on_device(y, self.xp.int64)
+        if len(y.shape) == 1 and self.n_outputs == 1:
+            y = y.reshape((-1, 1)) if isinstance(y, np.ndarray) else self.xp.reshape(y, (-1, 1))
+        if len(y.shape) != 2 or y.shape[1] != self.n_outputs:
+            raise DataError(
+                f"targets must have shape (n_samples, {self.n_outputs}); got {tuple(y.shape)}"
+            )
+        return self._on_device(y, self.dtype)
+
+    def _on_device(self, array, dtype):
+        if not self.backend.owns(array):
+            return self.backend.asarray(array, dtype)
+        return array if array.dtype == dtype else self.xp.astype(array, dtype)
+
+    def targets(self, y):
+        """Device targets for the loss: one-hot rows for cross-entropy, the values for mse."""
+        if self.loss_name == "cross_entropy":
+            return ops.one_hot(self.xp, y, self.n_outputs, self.dtype)
+        return y
+
+    def sample_masks(self, n_samples: int, generator: np.random.Generator | None = None) -> list:
+        """One inverted-dropout mask per hidden layer for a batch of ``n_samples`` rows."""
+        if self.dropout == 0.0:
+            return []
+        generator = self._mask_rng if generator is None else generator
+        host_dtype = np.dtype(self.dtype_name).type
+        return [
+            self.backend.asarray(
+                rng.dropout_mask(generator, (n_samples, width), self.dropout, host_dtype)
+            )
+            for width in self.layer_sizes[1:-1]
+        ]
+
+    # ------------------------------------------------------------------ forward and backward
+
+    def _forward(self, X, masks):
+        """Outputs of shape (n, n_outputs) and, per layer, what the backward pass needs."""
+        xp, act = self.xp, self.activation
+        caches = []
+        a = X
+        for i in range(self.n_layers):
+            z = a @ self.params[f"layers.{i}.weight"] + self.params[f"layers.{i}.bias"]
+            if i == self.n_layers - 1:
+                caches.append((a, None, None, None))
+                return z, caches
+            h = act.forward(xp, z)
+            mask = masks[i] if masks else None
+            caches.append((a, z, h, mask))
+            a = h * mask if mask is not None else h
+        raise AssertionError("unreachable")
+
+    def _backward(self, grad_out, caches) -> dict:
+        xp, act = self.xp, self.activation
+        grads = {}
+        delta = grad_out
+        for i in reversed(range(self.n_layers)):
+            a_in = caches[i][0]
+            grads[f"layers.{i}.weight"] = a_in.T @ delta
+            grads[f"layers.{i}.bias"] = xp.sum(delta, axis=0)  # over samples, not features
+            if i == 0:
+                break  # the input's gradient is never needed
+            grad_a = delta @ self.params[f"layers.{i}.weight"].T
+            _, z, h, mask = caches[i - 1]
+            if mask is not None:
+                grad_a = grad_a * mask
+            delta = act.backward(xp, z, h, grad_a)
+        return {name: grads[name] for name in self.params}
+
+    def forward(self, X, *, train: bool = False, masks: list | None = None):
+        """Raw outputs (logits for cross-entropy), shape (n_samples, n_outputs).
+
+        With ``train=True`` and dropout set, hidden units are dropped (``masks`` as from
+        :meth:`sample_masks`, or drawn from the model's own seeded stream).
+        """
+        X = self.as_input(X)
+        if train and self.dropout and masks is None:
+            masks = self.sample_masks(X.shape[0])
+        return self._forward(X, masks if train else None)[0]
+
+    def loss_and_grads(self, X, y, *, masks: list | None = None):
+        """The training loss on one batch and its gradient with respect to every parameter.
+
+        Parameters
+        ----------
+        X : array of shape (n_samples, n_inputs)
+        y : labels of shape (n_samples,) for cross-entropy; targets (n_samples, n_outputs) for mse
+        masks : list of arrays, optional
+            Dropout masks (see :meth:`sample_masks`); drawn from the model's stream when
+            dropout is set and none are given.
+
+        Returns
+        -------
+        loss : 0-d array
+            Batch-mean loss, plus ``weight_decay / 2 * sum(W**2)`` when weight decay is set.
+        grads : dict
+            Same names and shapes as :attr:`params`.
+        """
+        X, y = self.as_input(X), self.as_target(y)
+        if X.shape[0] != y.shape[0]:
+            raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+        if self.dropout and masks is None:
+            masks = self.sample_masks(X.shape[0])
+        loss, grads, _ = self.batch_loss_and_grads(X, self.targets(y), masks)
+        return loss, grads
+
+    def batch_loss_and_grads(self, X, targets, masks):
+        """:meth:`loss_and_grads` for inputs already on the device and checked: the hot path.
+
+        Returns (loss, grads, outputs); ``outputs`` are the raw network outputs of the batch.
+        """
+        outputs, caches = self._forward(X, masks)
+        loss, grad_out = self._loss(self.xp, outputs, targets)
+        grads = self._backward(grad_out, caches)
+        if self.weight_decay:
+            loss = loss + self._l2_penalty()
+            for name in self._weight_names():
+                grads[name] = grads[name] + self.weight_decay * self.params[name]
+        return loss, grads, outputs
+
+    def _weight_names(self):
+        return [f"layers.{i}.weight" for i in range(self.n_layers)]
+
+    def _l2_penalty(self):
+        xp = self.xp
+        total = sum(xp.sum(self.params[name] * self.params[name]) for name in self._weight_names())
+        return 0.5 * self.weight_decay * total
+
+    # ------------------------------------------------------------------ prediction
+
+    def _batched_outputs(self, X):
+        X = self.as_input(X)
+        chunks = [
+            self._forward(X[i : i + EVAL_BATCH], None)[0] for i in range(0, X.shape[0], EVAL_BATCH)
+        ]
+        return chunks[0] if len(chunks) == 1 else self.xp.concat(chunks, axis=0)
+
+    def predict_proba(self, X):
+        """Class probabilities, shape (n_samples, n_classes); cross-entropy models only."""
+        if self.loss_name != "cross_entropy":
+            raise ConfigError("predict_proba needs a classification model (loss='cross_entropy')")
+        return ops.softmax(self.xp, self._batched_outputs(X))
+
+    def predict(self, X):
+        """Class labels (n_samples,) for classification; outputs (n_samples, n_outputs) for mse."""
+        outputs = self._batched_outputs(X)
+        if self.loss_name == "cross_entropy":
+            return self.xp.argmax(outputs, axis=1)
+        return outputs
+
+    def __repr__(self) -> str:
+        sizes = "-".join(map(str, self.layer_sizes))
+        return (
+            f"MLP({sizes}, activation={self.activation.name}, loss={self.loss_name}, "
+            f"dtype={self.dtype_name}, device={self.backend.spec})"
+        )
+
+
+def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:
+    sizes = tuple(layer_sizes)
+    if len(sizes) < 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in sizes):
+        raise ConfigError(f"layer_sizes must be at least two positive integers; got {list(sizes)}")
+    return tuple(int(s) for s in sizes)
