@@ -205,7 +205,11 @@ class Trainer:
         self.stop_requested = False
         while self.epoch < self.epochs and not self.stop_requested:
             good = self.snapshot()
-            record = {"epoch": self.epoch + 1, **self.train_epoch(X, y, on_batch=on_batch)}
+            try:
+                record = {"epoch": self.epoch + 1, **self.train_epoch(X, y, on_batch=on_batch)}
+            except KeyboardInterrupt:
+                self.restore(good)  # back to the last completed epoch, which can be resumed exactly
+                raise
             if not math.isfinite(record["train_loss"]):
                 self.restore(good)
                 raise NonFiniteError(self.diagnose_nonfinite(X, y))

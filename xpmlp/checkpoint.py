@@ -1,0 +1,158 @@
+"""Where a checkpoint is written and read: one ``.npz`` holding arrays and a JSON header.
+
+Layout of the archive (loaded with ``allow_pickle=False``):
+
+``meta``                 uint8 array: UTF-8 JSON with the format version, model config, run
+                         config, trainer state (epoch, history, optimizer steps, early stopping)
+                         and the RNG description
+``params/<name>``        model parameters, e.g. ``params/layers.0.weight``
+``optimizer/<name>.<slot>``  optimizer moments, e.g. ``optimizer/layers.0.weight.m``
+``best/<name>``          best weights so far (early stopping), when kept
+``scaling/offset``, ``scaling/factor``  input preprocessing: ``X_scaled = (X - offset) / factor``
+
+Writes are atomic: a temporary file in the same directory, fsync, then rename, so a crash at
+any moment leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^checkpoint-epoch-(\d+)\.npz$")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"checkpoint-epoch-{epoch:04d}.npz"
+
+
+def save(path, *, meta: dict, arrays: dict[str, dict[str, np.ndarray] | None]) -> Path:
+    """Atomically write a checkpoint.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.npz`` file to write; its directory must exist.
+    meta : dict
+        JSON-serialisable header.
+    arrays : dict
+        Group name (``params``, ``optimizer``, ``best``, ``scaling``) -> {name: host array};
+        a None group is left out.
+    """
+    path = Path(path)
+    flat = {
+        "meta": np.frombuffer(json.dumps({"format": FORMAT_VERSION, **meta}).encode(), np.uint8)
+    }
+    for group, members in arrays.items():
+        for name, value in (members or {}).items():
+            flat[f"{group}/{name}"] = np.asarray(value)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **flat)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(path) -> dict:
+    """Read a checkpoint written by :func:`save`.
+
+    Returns
+    -------
+    dict
+        ``meta`` (the JSON header) and one dict of NumPy arrays per group.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, not a checkpoint, or corrupt.
+    """
+    path = resolve(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            flat = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if "meta" not in flat:
+        raise CheckpointError(f"{path} is not an xpmlp checkpoint (no meta entry)")
+    try:
+        meta = json.loads(flat.pop("meta").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} has a corrupt meta entry: {exc}") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {meta.get('format')}; expected {FORMAT_VERSION}"
+        )
+    result: dict = {
+        "meta": meta,
+        "path": path,
+        "params": {},
+        "optimizer": {},
+        "best": None,
+        "scaling": {},
+    }
+    for key, value in flat.items():
+        group, _, name = key.partition("/")
+        if group == "best" and result["best"] is None:
+            result["best"] = {}
+        result.setdefault(group, {})[name] = value
+    return result
+
+
+def resolve(path) -> Path:
+    """A checkpoint file itself, or the newest checkpoint in a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        newest = latest(path)
+        if newest is None:
+            raise CheckpointError(f"no checkpoint found in {path}")
+        return newest
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def latest(directory) -> Path | None:
+    """The checkpoint with the highest epoch in ``directory`` (or its ``checkpoints/``)."""
+    candidates = []
+    for folder in (Path(directory), Path(directory) / "checkpoints"):
+        if folder.is_dir():
+            candidates += [
+                (int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))
+            ]
+    return max(candidates)[1] if candidates else None
+
+
+def prune(directory, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints in ``directory``."""
+    found = sorted(
+        (int(m.group(1)), p) for p in Path(directory).iterdir() if (m := _NAME.match(p.name))
+    )
+    for _, old in found[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
