@@ -95,7 +95,7 @@ def load(path) -> dict:
     """
     path = resolve(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             flat = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
@@ -150,7 +150,12 @@ def latest(directory) -> Path | None:
 
 
 def prune(directory, keep: int) -> None:
-    """Delete all but the ``keep`` newest checkpoints in ``directory``."""
+    """Delete all but the ``keep`` newest checkpoints in ``directory``, and stale temporaries.
+
+    A temporary file is only left behind by a writer that was killed mid-write.
+    """
+    for stale in Path(directory).glob(".tmp-*"):
+        stale.unlink(missing_ok=True)
     found = sorted(
         (int(m.group(1)), p) for p in Path(directory).iterdir() if (m := _NAME.match(p.name))
     )

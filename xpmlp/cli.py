@@ -91,11 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--hidden", type=_hidden, default=[300, 300], help="hidden layer sizes, e.g. 300,300"
     )
-    model.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu")
+    model.add_argument(
+        "--activation", choices=tuple(ACTIVATIONS), default="relu", help="hidden-layer activation"
+    )
     model.add_argument("--dropout", type=float, default=0.0, help="dropout rate on hidden layers")
-    model.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    model.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="floating-point precision",
+    )
     optim = train.add_argument_group("optimization")
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="update rule")
     optim.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     optim.add_argument("--momentum", type=float, default=0.9, help="for momentum and nesterov")
     optim.add_argument(
@@ -117,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument(
         "--clip-norm", type=float, default=None, help="clip gradients to this global norm"
     )
-    optim.add_argument("--batch-size", type=_positive_int, default=128)
+    optim.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size")
     optim.add_argument(
         "--epochs", type=_positive_int, default=None, help="number of epochs (default 10)"
     )
@@ -160,13 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument(
         "--dataset", default="fashion-mnist", help="built-in name or .npz/.csv file"
     )
-    evaluate_cmd.add_argument("--data-dir")
-    evaluate_cmd.add_argument("--label-column", default="label")
+    evaluate_cmd.add_argument("--data-dir", help="directory holding the IDX files")
+    evaluate_cmd.add_argument("--label-column", default="label", help="label column of a CSV file")
     evaluate_cmd.add_argument(
         "--split", choices=("test", "train"), default="test", help="built-in datasets"
     )
-    evaluate_cmd.add_argument("--device", default="auto")
-    evaluate_cmd.add_argument("--no-download", action="store_true")
+    evaluate_cmd.add_argument("--device", default="auto", help="cpu, gpu, cuda:N or auto")
+    evaluate_cmd.add_argument("--no-download", action="store_true", help="never download a dataset")
     evaluate_cmd.add_argument("--json", action="store_true", help="print the results as JSON")
 
     predict_cmd = commands.add_parser(
@@ -177,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_cmd.add_argument(
         "--output", help="write labels and probabilities to this .npz instead of stdout"
     )
-    predict_cmd.add_argument("--device", default="auto")
+    predict_cmd.add_argument("--device", default="auto", help="cpu, gpu, cuda:N or auto")
     return parser
 
 
@@ -218,7 +225,7 @@ def _prepare_training_data(args, seed: int):
             f"the test data has {X_test.shape[1]} features; the training data has {X.shape[1]}"
         )
     X_train, y_train, X_val, y_val = datasets.train_val_split(X, y, args.val_fraction, seed=seed)
-    offset, factor = datasets._scaling(np.asarray(X_train), args.scaling)  # TODO public
+    offset, factor = datasets.scaling_stats(X_train, args.scaling)
     prepared = {
         "train": (_apply_scaling(X_train, offset, factor, args.dtype), y_train),
         "val": (_apply_scaling(X_val, offset, factor, args.dtype), y_val) if len(X_val) else None,
@@ -455,7 +462,7 @@ def cmd_predict(args) -> int:
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             if "X" not in archive.files:
                 raise DataError(
                     f"{path} has no array named X (it has {', '.join(archive.files) or 'none'})"

@@ -637,13 +637,18 @@ def scale(X_train, *others, method: str = "unit", dtype=np.float32) -> tuple[np.
             raise DataError(
                 f"array {i} to scale has shape {X.shape}; the training set has {arrays[0].shape}"
             )
-    offset, factor = _scaling(arrays[0], method)
+    offset, factor = scaling_stats(arrays[0], method)
     offset, factor = np.asarray(offset, dtype=dtype), np.asarray(factor, dtype=dtype)
     return tuple((X.astype(dtype) - offset) / factor for X in arrays)
 
 
-def _scaling(X: np.ndarray, method: str):
-    """(offset, factor) such that the scaled data is (X - offset) / factor."""
+def scaling_stats(X, method: str):
+    """``(offset, factor)`` from training data such that the scaled data is ``(X - offset) / factor``.
+
+    Kept with a model (in its checkpoint) so new data is scaled exactly like the training set;
+    see :func:`scale` for the methods.
+    """
+    X = np.asarray(X)
     if method == "none":
         return 0.0, 1.0
     if method == "unit" and X.dtype == np.uint8:

@@ -31,7 +31,10 @@ def evaluate(model: MLP, X, y, *, batch_size: int = EVAL_BATCH) -> dict:
     xp = model.xp
     loss_sum, correct = _zero(model), _zero(model)
     for start in range(0, X.shape[0], batch_size):
-        Xb, yb = X[start : start + batch_size], y[start : start + batch_size]
+        stop = min(
+            start + batch_size, X.shape[0]
+        )  # the standard leaves out-of-range stops undefined
+        Xb, yb = X[start:stop, ...], y[start:stop, ...]
         outputs = model._forward(Xb, None)[0]
         loss, _ = model._loss(xp, outputs, model.targets(yb))
         loss_sum = loss_sum + loss * Xb.shape[0]
@@ -148,7 +151,7 @@ class Trainer:
         loss_sum, correct = _zero(model), _zero(model)
         start_time = time.perf_counter()
         for step in range(steps_per_epoch):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            index = order[step * self.batch_size : min((step + 1) * self.batch_size, n)]
             Xb, yb = xp.take(X, index, axis=0), xp.take(y, index, axis=0)
             masks = model.sample_masks(index.shape[0], masks_rng)
             loss, outputs = self.train_step(
@@ -203,6 +206,15 @@ class Trainer:
         validation_data = self._on_device(validation_data)
         test_data = self._on_device(test_data)
         self.stop_requested = False
+        # Overflow is detected once per epoch and diagnosed below; NumPy's warnings would only
+        # repeat it once per step.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self._run_epochs(X, y, validation_data, test_data, callbacks, on_batch)
+        if self.patience is not None and self.best["params"] is not None:
+            model.load_state_dict(self.best["params"])
+        return self.history
+
+    def _run_epochs(self, X, y, validation_data, test_data, callbacks, on_batch) -> None:
         while self.epoch < self.epochs and not self.stop_requested:
             good = self.snapshot()
             try:
@@ -220,9 +232,6 @@ class Trainer:
             self._early_stopping(record)
             for callback in callbacks:
                 callback(self, record)
-        if self.patience is not None and self.best["params"] is not None:
-            model.load_state_dict(self.best["params"])
-        return self.history
 
     def _on_device(self, data):
         if data is None:
@@ -282,7 +291,7 @@ class Trainer:
         message = f"loss became non-finite in epoch {self.epoch + 1}"
         try:
             for step in range(schedule.steps_per_epoch):
-                index = order[step * self.batch_size : (step + 1) * self.batch_size]
+                index = order[step * self.batch_size : min((step + 1) * self.batch_size, n)]
                 Xb, yb = xp.take(X, index, axis=0), xp.take(y, index, axis=0)
                 masks = model.sample_masks(index.shape[0], masks_rng)
                 loss, grads, _ = model.batch_loss_and_grads(Xb, model.targets(yb), masks)

@@ -1,0 +1,349 @@
+"""The command line: outputs of a run, exact resume after SIGKILL and Ctrl-C, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xpmlp import checkpoint, datasets
+from xpmlp.cli import build_parser, main
+
+REQUIRED_METRICS = {
+    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+    "test_loss", "test_accuracy", "lr", "seconds", "samples_per_second",
+}  # fmt: skip
+
+
+def _toy(path: Path, n=600, features=12, classes=3, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, features)).astype(np.float32)
+    y = (X @ rng.normal(size=(features, classes))).argmax(axis=1)
+    np.savez(path, X=X, y=y)
+    return path
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return _toy(tmp_path / "toy.npz"), _toy(tmp_path / "toy_test.npz", n=200, seed=1)
+
+
+def _train(tmp_path, data, *extra, out="run"):
+    train, test = data
+    argv = ["train", "--device", "cpu", "--dataset", str(train), "--test-dataset", str(test),
+            "--hidden", "16,16", "--batch-size", "32", "--out", str(tmp_path / out), "--quiet", *extra]  # fmt: skip
+    return main(argv)
+
+
+def _final_params(run_dir: Path) -> dict:
+    return checkpoint.load(run_dir)["params"]
+
+
+def test_help_lists_every_flag_with_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--device", "--dataset", "--data-dir", "--hidden", "--activation", "--dropout",
+                 "--optimizer", "--lr", "--momentum", "--weight-decay", "--schedule", "--batch-size",
+                 "--epochs", "--seed", "--dtype", "--val-fraction", "--early-stopping", "--out",
+                 "--checkpoint-every", "--resume", "--quiet"):  # fmt: skip
+        assert flag in text
+    assert "(default: 128)" in text and "(default: adam)" in text
+
+
+def test_run_directory_has_metrics_config_curves_and_checkpoints(tmp_path, toy):
+    assert _train(tmp_path, toy, "--epochs", "3", "--val-fraction", "0.2") == 0
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert REQUIRED_METRICS <= record.keys()
+        assert record["val_loss"] is not None and record["test_accuracy"] is not None
+        assert record["seconds"] > 0 and record["samples_per_second"] > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["settings"]["seed"] == 0 and config["settings"]["hidden"] == [16, 16]
+    assert "numpy" in config["versions"] and config["device_name"]
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert checkpoint.latest(run).name == "checkpoint-epoch-0003.npz"
+
+
+def test_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, toy, capsys):
+    train, test = toy
+    assert main(["train", "--device", "cpu", "--dataset", str(train), "--hidden", "8",
+                 "--epochs", "2", "--out", str(tmp_path / "r")]) == 0  # fmt: skip
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+
+
+def test_resume_continues_bit_for_bit(tmp_path, toy):
+    common = ("--dropout", "0.2", "--optimizer", "adamw", "--weight-decay", "0.01", "--schedule", "step",
+              "--step-epochs", "1", "--gamma", "0.7")  # fmt: skip
+    assert _train(tmp_path, toy, "--epochs", "4", *common, out="straight") == 0
+    assert _train(tmp_path, toy, "--epochs", "2", *common, out="split") == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--epochs", "4", "--quiet"]) == 0
+    straight, split = _final_params(tmp_path / "straight"), _final_params(tmp_path / "split")
+    for name in straight:
+        np.testing.assert_array_equal(straight[name], split[name])
+    history = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3, 4]
+
+
+def test_checkpoint_every_and_keep(tmp_path, toy):
+    assert (
+        _train(tmp_path, toy, "--epochs", "5", "--checkpoint-every", "2", "--keep-checkpoints", "2")
+        == 0
+    )
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["checkpoint-epoch-0004.npz", "checkpoint-epoch-0005.npz"]
+
+
+def test_early_stopping_keeps_best_weights_for_evaluate(tmp_path, toy, capsys):
+    assert _train(tmp_path, toy, "--epochs", "40", "--val-fraction", "0.3", "--lr", "0.05",
+                  "--early-stopping", "2") == 0  # fmt: skip
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) < 40 and records[-1].get("early_stopped")
+    best = min(records, key=lambda r: r["val_loss"])
+    ckpt = checkpoint.load(tmp_path / "run")
+    assert ckpt["meta"]["trainer"]["best"]["epoch"] == best["epoch"]
+    assert ckpt["best"] is not None
+
+
+def test_evaluate_and_predict(tmp_path, toy, capsys):
+    assert _train(tmp_path, toy, "--epochs", "3") == 0
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "run"),
+                "--dataset",
+                str(toy[1]),
+                "--device",
+                "cpu",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    confusion = np.array(result["confusion_matrix"])
+    assert confusion.shape == (3, 3) and confusion.sum() == 200
+    assert result["accuracy"] == pytest.approx(np.trace(confusion) / 200)
+    assert len(result["per_class_accuracy"]) == 3
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert result["accuracy"] == pytest.approx(last["test_accuracy"])
+    out = tmp_path / "pred.npz"
+    assert (
+        main(
+            ["predict", str(tmp_path / "run"), str(toy[1]), "--device", "cpu", "--output", str(out)]
+        )
+        == 0
+    )
+    with np.load(out) as predictions:
+        assert predictions["labels"].shape == (200,)
+        np.testing.assert_allclose(predictions["probabilities"].sum(axis=1), 1, rtol=1e-5)
+        assert np.mean(predictions["labels"] == np.load(toy[1])["y"]) == pytest.approx(
+            result["accuracy"]
+        )
+
+
+def _bad(tmp_path, argv, capsys, *, expect: str):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("xpmlp: error:"), err
+    assert expect.lower() in err[0].lower(), err[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (["train", "--bogus"], "unrecognized arguments"),
+        (["train", "--lr", "abc"], "--lr"),
+        (["train", "--activation", "softplus"], "invalid choice"),
+        (["train", "--epochs", "0"], "positive integer"),
+        (["train", "--hidden", "300,x"], "comma-separated"),
+        (["train", "--device", "tpu"], "unknown device"),
+        (["train", "--device", "gpu"], "pip install"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_flags(tmp_path, capsys, argv, expect):
+    _bad(tmp_path, argv, capsys, expect=expect)
+
+
+def test_bad_data(tmp_path, toy, capsys, monkeypatch):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 50)
+    nan = X.copy()
+    nan[17, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", X=nan, y=y)
+    negative = y.copy()
+    negative[9] = -1
+    np.savez(tmp_path / "neg.npz", X=X, y=negative)
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip at all")
+    (tmp_path / "bad.csv").write_text("a,b,label\n1,2,0\n3,oops,1\n")
+    common = ["train", "--device", "cpu", "--quiet", "--out", str(tmp_path / "r")]
+    _bad(tmp_path, [*common, "--dataset", str(tmp_path / "nan.npz")], capsys, expect="row 17")
+    _bad(tmp_path, [*common, "--dataset", str(tmp_path / "neg.npz")], capsys, expect="row 9")
+    _bad(
+        tmp_path,
+        [*common, "--dataset", str(tmp_path / "garbage.npz")],
+        capsys,
+        expect="garbage.npz",
+    )
+    _bad(tmp_path, [*common, "--dataset", str(tmp_path / "bad.csv")], capsys, expect="bad.csv")
+    _bad(
+        tmp_path,
+        [*common, "--dataset", str(tmp_path / "missing.npz")],
+        capsys,
+        expect="missing.npz",
+    )
+    _bad(
+        tmp_path, [*common, "--dataset", str(toy[0]), "--val-fraction", "1.5"], capsys, expect="1.5"
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(datasets, "SYSTEM_DATA_DIRS", ())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(empty))
+    monkeypatch.delenv("XPMLP_DATA_DIR", raising=False)
+    _bad(tmp_path, [*common, "--dataset", "fashion-mnist", "--data-dir", str(empty), "--no-download"], capsys,
+         expect="apt-get install dataset-fashion-mnist")  # fmt: skip
+
+
+def test_checkpoint_mismatch_and_corruption(tmp_path, toy, capsys):
+    assert _train(tmp_path, toy, "--epochs", "1") == 0
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, X=np.zeros((5, 7), np.float32), y=np.zeros(5, int))
+    _bad(
+        tmp_path,
+        ["predict", str(tmp_path / "run"), str(wrong), "--device", "cpu"],
+        capsys,
+        expect="(n, 12)",
+    )
+    _bad(tmp_path, ["evaluate", str(tmp_path / "run"), "--dataset", str(wrong), "--device", "cpu"], capsys,
+         expect="(n, 12)")  # fmt: skip
+    broken = tmp_path / "checkpoint-epoch-0001.npz"
+    data = (tmp_path / "run" / "checkpoints" / "checkpoint-epoch-0001.npz").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    _bad(tmp_path, ["evaluate", str(broken), "--dataset", str(toy[1]), "--device", "cpu"], capsys,
+         expect="checkpoint")  # fmt: skip
+    _bad(
+        tmp_path, ["train", "--resume", str(tmp_path / "nowhere")], capsys, expect="does not exist"
+    )
+
+
+def test_diverging_run_is_diagnosed_and_keeps_the_last_good_checkpoint(tmp_path, toy, capsys):
+    argv = ["--epochs", "3", "--optimizer", "sgd", "--lr", "0.01", "--schedule", "step",
+            "--step-epochs", "1", "--gamma", "1e30"]  # fmt: skip
+    code = _train(tmp_path, toy, *argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert (
+        "epoch 2" in err[0]
+        and "step" in err[0]
+        and "learning rate" in err[0]
+        and "layers." in err[0]
+    )
+    good = checkpoint.load(tmp_path / "run")
+    assert good["meta"]["trainer"]["epoch"] == 1
+    assert all(np.isfinite(v).all() for v in good["params"].values())
+
+
+# ---------------------------------------------------------------------- kill and interrupt
+
+
+def _cli(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "xpmlp", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+
+
+def _wait_for(path: Path, process, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def slow_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slow")
+    return _toy(folder / "train.npz", n=8000, features=40, classes=5)
+
+
+def _slow_args(data, out):
+    return ["train", "--device", "cpu", "--dataset", str(data), "--hidden", "64,64", "--batch-size", "16",
+            "--epochs", "8", "--dropout", "0.1", "--out", str(out), "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slow_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    process = _cli(*_slow_args(slow_data, out))
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return _final_params(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 0.137, 0.61])
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, slow_data, uninterrupted, delay):
+    out = tmp_path / "run"
+    process = _cli(*_slow_args(slow_data, out))
+    _wait_for(out / "checkpoints" / "checkpoint-epoch-0002.npz", process)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    resumed = _cli("train", "--resume", str(out), "--quiet")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    final = _final_params(out)
+    for name, value in uninterrupted.items():
+        np.testing.assert_array_equal(final[name], value)
+    assert not [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_a_checkpoint_and_resumes_exactly(tmp_path, slow_data, uninterrupted):
+    out = tmp_path / "run"
+    process = _cli(*_slow_args(slow_data, out))
+    _wait_for(out / "checkpoints" / "checkpoint-epoch-0001.npz", process)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    epoch = checkpoint.load(out)["meta"]["trainer"]["epoch"]
+    assert epoch >= 1
+    resumed = _cli("train", "--resume", str(out), "--quiet")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    final = _final_params(out)
+    for name, value in uninterrupted.items():
+        np.testing.assert_array_equal(final[name], value)
+
+
+def test_python_dash_m_reports_errors_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "xpmlp", "train", "--dataset", str(tmp_path / "x.npz"),
+                             "--device", "cpu"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_console_script_is_installed():
+    env = {**os.environ}
+    result = subprocess.run(
+        ["xpmlp", "--version"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0 and result.stdout.startswith("xpmlp ")
