@@ -22,7 +22,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .errors import DeviceError
+from .errors import ConfigError, DeviceError
 
 DTYPES = ("float32", "float64")
 CUDA_INSTALL_HINT = 'pip install "xpmlp[cuda12]" (or "xpmlp[cuda13]" for CUDA 13 drivers)'
@@ -56,7 +56,7 @@ class Backend:
     def dtype(self, name: str):
         """Return the namespace's floating dtype for ``"float32"`` or ``"float64"``."""
         if name not in DTYPES:
-            raise DeviceError(f"dtype must be one of {', '.join(DTYPES)}; got {name!r}")
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {name!r}")
         return getattr(self.xp, name)
 
     def asarray(self, host, dtype=None):

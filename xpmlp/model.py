@@ -299,8 +299,11 @@ class MLP:
 
     def _batched_outputs(self, X):
         X = self.as_input(X)
+        n = X.shape[0]
+        # X[i:j, :] with j <= n: the standard leaves partial indices and out-of-range stops undefined
         chunks = [
-            self._forward(X[i : i + EVAL_BATCH], None)[0] for i in range(0, X.shape[0], EVAL_BATCH)
+            self._forward(X[i : min(i + EVAL_BATCH, n), :], None)[0]
+            for i in range(0, n, EVAL_BATCH)
         ]
         return chunks[0] if len(chunks) == 1 else self.xp.concat(chunks, axis=0)
 
