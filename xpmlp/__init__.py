@@ -7,6 +7,7 @@ NumPy on the CPU, CuPy on CUDA GPUs, chosen at run time::
     history = xpmlp.fit(model, X_train, y_train, epochs=10, validation_data=(X_val, y_val))
 """
 
+from ._version import __version__
 from .backend import Backend, get_backend, to_numpy
 from .errors import (
     CheckpointError,
@@ -21,7 +22,6 @@ from .model import MLP
 from .optim import Schedule, clip_grad_norm, make_optimizer
 from .training import Trainer, evaluate, fit
 
-__version__ = "0.1.0"
 
 __all__ = [
     "MLP",

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, checkpoint, datasets, reporting
+from . import checkpoint, datasets, reporting
+from ._version import __version__
 from .backend import get_backend, to_numpy
 from .errors import ConfigError, DataError, NonFiniteError, XpmlpError
 from .model import MLP

@@ -1,0 +1,59 @@
+"""Dependencies point one way: backend -> ops -> model -> optim -> training -> cli.
+
+Parses the package's imports; a module may import only modules of a lower layer, and only the
+backend module may name CuPy, torch or array-api-strict.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "xpmlp"
+
+LAYERS = {
+    "errors": 0, "_version": 0,
+    "backend": 1, "rng": 1, "datasets": 1, "checkpoint": 1, "reporting": 1,
+    "ops": 2,
+    "model": 3,
+    "optim": 4, "gradcheck": 4,
+    "training": 5,
+    "cli": 6, "__init__": 6, "__main__": 7,
+}  # fmt: skip
+DEVICE_LIBRARIES = {"cupy", "torch", "array_api_strict"}
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(xpmlp modules imported, top-level external modules imported) by one file."""
+    internal, external = set(), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            names = [node.module] if node.module else [alias.name for alias in node.names]
+            internal.update(name.split(".")[0] for name in names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            root = node.module.split(".")[0]
+            if root == "xpmlp":
+                internal.add(node.module.split(".")[1] if "." in node.module else "__init__")
+            else:
+                external.add(root)
+        elif isinstance(node, ast.Import):
+            external.update(alias.name.split(".")[0] for alias in node.names)
+    return internal, external
+
+
+def test_every_module_has_a_layer():
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    assert modules == set(LAYERS), "add new modules to LAYERS in tests/test_architecture.py"
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_imports_point_down_the_layers(module):
+    internal, external = _imports(PACKAGE / f"{module}.py")
+    upward = {
+        name for name in internal if LAYERS.get(name, 99) >= LAYERS[module] and name != module
+    }
+    assert not upward, f"{module} (layer {LAYERS[module]}) imports {upward} from its layer or above"
+    if module != "backend":
+        assert not external & DEVICE_LIBRARIES, f"{module} imports {external & DEVICE_LIBRARIES}"
