@@ -33,3 +33,14 @@ def test_two_epochs_on_fashion_mnist_reach_85_percent(tmp_path, fashion_dir):
     assert len(records) == 2
     assert records[-1]["test_accuracy"] >= 0.85, records[-1]
     assert records[-1]["train_loss"] < records[0]["train_loss"]
+
+
+@pytest.mark.realdata
+def test_example_script_runs(fashion_dir, monkeypatch):
+    import runpy
+    import sys
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist.py"
+    monkeypatch.setenv("XPMLP_DATA_DIR", str(fashion_dir))
+    monkeypatch.setattr(sys, "argv", [str(example), "--epochs", "1", "--device", "cpu", "--limit", "2000"])
+    runpy.run_path(str(example), run_name="__main__")

@@ -1,0 +1,29 @@
+"""Train 784-300-300-10 on Fashion-MNIST with the library API, on the GPU when there is one.
+
+    python examples/fashion_mnist.py [--epochs 10] [--device auto] [--limit N]
+
+``--limit`` trains on the first N images only (the test suite runs it that way as a smoke test).
+"""
+
+import argparse
+
+import xpmlp
+from xpmlp.datasets import load_dataset
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=10)
+parser.add_argument("--device", default="auto")
+parser.add_argument("--limit", type=int, default=None)
+args = parser.parse_args()
+
+data = load_dataset("fashion-mnist")
+X_train, y_train = data.X_train[: args.limit] / 255.0, data.y_train[: args.limit]
+X_test, y_test = data.X_test / 255.0, data.y_test
+
+model = xpmlp.MLP([784, 300, 300, 10], activation="relu", device=args.device, seed=0)
+print(model)
+history = xpmlp.fit(model, X_train, y_train, optimizer="adam", lr=1e-3, batch_size=128,
+                    epochs=args.epochs, test_data=(X_test, y_test))  # fmt: skip
+for record in history:
+    print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
+          f"test accuracy {record['test_accuracy']:.4f}, {record['samples_per_second']:,.0f} samples/s")  # fmt: skip
