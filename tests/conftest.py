@@ -15,6 +15,16 @@ from hypothesis import HealthCheck, settings
 
 from xpmlp import DeviceError, get_backend
 
+
+def pytest_configure(config):
+    # Hypothesis writes a patch for a failing example with libcst, whose import of
+    # mypy_extensions warns; with warnings as errors that hides the failure behind an
+    # INTERNALERROR.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning"
+    )
+
+
 settings.register_profile(
     "xpmlp",
     max_examples=20,
