@@ -430,6 +430,29 @@ def test_bad_targets_raise_data_error(backend):
         regressor.loss_and_grads(X, np.zeros((5, 3)))
 
 
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([0, 2, 3, 1], r"labels must be integers in \[0, 3\); found 3 at row 2"),
+        ([0, -1, 1, 1], "found -1 at row 1"),
+        ([0.0, 1.0, 1.5, 2.0], "found 1.5 at row 2"),
+        ([0.0, 1.0, 2.0, np.nan], "found nan at row 3"),
+    ],
+)
+def test_labels_out_of_range_raise_data_error(backend, labels, message):
+    # A label >= n_classes would one-hot to a zero row: the loss would be silently wrong.
+    model = MLP([4, 3], device=backend)
+    with pytest.raises(DataError, match=message):
+        model.loss_and_grads(np.zeros((4, 4)), np.array(labels))
+
+
+def test_integral_float_labels_are_accepted(backend):
+    model = MLP([4, 3], device=backend, dtype="float64")
+    as_float, _ = model.loss_and_grads(np.eye(4), np.array([0.0, 1.0, 2.0, 1.0]))
+    as_int, _ = model.loss_and_grads(np.eye(4), np.array([0, 1, 2, 1]))
+    assert float(to_numpy(as_float)) == float(to_numpy(as_int))
+
+
 def test_mse_with_one_output_accepts_flat_targets(backend):
     model = MLP([2, 1], loss="mse", device=backend, dtype="float64")
     X, y = np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([1.0, -1.0])

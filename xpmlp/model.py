@@ -168,6 +168,8 @@ class MLP:
         if self.loss_name == "cross_entropy":
             if len(y.shape) != 1:
                 raise DataError(f"labels must have shape (n_samples,); got {tuple(y.shape)}")
+            if isinstance(y, np.ndarray):  # device labels are not read back to be checked
+                _check_labels(y, self.n_outputs)
             return self._on_device(y, self.xp.int64)
         if len(y.shape) == 1 and self.n_outputs == 1:
             y = y.reshape((-1, 1)) if isinstance(y, np.ndarray) else self.xp.reshape(y, (-1, 1))
@@ -326,6 +328,14 @@ class MLP:
             f"MLP({sizes}, activation={self.activation.name}, loss={self.loss_name}, "
             f"dtype={self.dtype_name}, device={self.backend.spec})"
         )
+
+
+def _check_labels(y: np.ndarray, n_classes: int) -> None:
+    # A label outside [0, n_classes) would one-hot to a zero row and train on garbage silently.
+    bad = np.flatnonzero((y < 0) | (y >= n_classes) | (y != np.trunc(y)))
+    if bad.size:
+        row = int(bad[0])
+        raise DataError(f"labels must be integers in [0, {n_classes}); found {y[row]} at row {row}")
 
 
 def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:
