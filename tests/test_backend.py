@@ -221,3 +221,17 @@ def test_backend_is_a_value():
 def test_cuda_hint_names_both_cuda_extras():
     assert 'pip install "xpmlp[cuda12]"' in backend_module.CUDA_INSTALL_HINT
     assert '"xpmlp[cuda13]"' in backend_module.CUDA_INSTALL_HINT
+
+
+@pytest.mark.parametrize("backend", ["array-api-strict:device1"], indirect=True)
+def test_strict_backend_is_on_a_non_default_device_in_its_strictest_mode(backend):
+    # Guards the fixture itself: a forgotten device= or a data-dependent shape must fail.
+    import array_api_strict
+
+    assert backend.device != array_api_strict.Device("CPU_DEVICE")
+    flags = array_api_strict.get_array_api_strict_flags()
+    assert flags["data_dependent_shapes"] is False and flags["boolean_indexing"] is False
+    default = array_api_strict.zeros(3)
+    on_device = backend.xp.zeros(3, device=backend.device)
+    with pytest.raises(ValueError, match="different devices"):
+        default + on_device

@@ -19,7 +19,9 @@ REGULARISATION = [
 ]
 
 
-def _model_and_data(make_problem, backend, *, activation, loss, dropout=0.0, decay=0.0, **kw):
+def _model_and_data(
+    make_problem, backend, *, activation, loss, dropout=0.0, decay=0.0, dtype="float64"
+):
     X, y = make_problem(n=6, n_in=3, n_out=3, loss=loss, seed=1)
     model = MLP(
         [3, 4, 3, 3],
@@ -28,7 +30,7 @@ def _model_and_data(make_problem, backend, *, activation, loss, dropout=0.0, dec
         dropout=dropout,
         weight_decay=decay,
         device=backend,
-        dtype=kw.get("dtype", "float64"),
+        dtype=dtype,
         seed=2,
     )
     # Non-zero biases, so a bias-gradient bug cannot hide behind b = 0.
