@@ -27,7 +27,7 @@ def fashion_dir():
 def test_two_epochs_on_fashion_mnist_reach_85_percent(tmp_path, fashion_dir):
     out = tmp_path / "run"
     argv = ["train", "--device", "cpu", "--dataset", "fashion-mnist", "--data-dir", str(fashion_dir),
-            "--hidden", "300,300", "--epochs", "2", "--out", str(out), "--quiet"]  # fmt: skip
+            "--hidden", "300,300", "--epochs", "2", "--schedule", "cosine", "--out", str(out), "--quiet"]  # fmt: skip
     assert main(argv) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2
