@@ -42,5 +42,7 @@ def test_example_script_runs(fashion_dir, monkeypatch):
 
     example = Path(__file__).resolve().parent.parent / "examples" / "fashion_mnist.py"
     monkeypatch.setenv("XPMLP_DATA_DIR", str(fashion_dir))
-    monkeypatch.setattr(sys, "argv", [str(example), "--epochs", "1", "--device", "cpu", "--limit", "2000"])
+    monkeypatch.setattr(
+        sys, "argv", [str(example), "--epochs", "1", "--device", "cpu", "--limit", "2000"]
+    )
     runpy.run_path(str(example), run_name="__main__")

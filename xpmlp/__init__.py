@@ -22,8 +22,8 @@ from .model import MLP
 from .optim import Schedule, clip_grad_norm, make_optimizer
 from .training import Trainer, evaluate, fit
 
-
 __all__ = [
+    "__version__",
     "MLP",
     "Backend",
     "CheckpointError",

@@ -7,8 +7,8 @@ of its own choosing: outputs live wherever the inputs do.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import ConfigError
 
