@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "xpmlp"
 
 LAYERS = {
-    "errors": 0, "_version": 0,
+    "errors": 0, "_version": 0, "files": 0,
     "backend": 1, "rng": 1, "datasets": 1, "checkpoint": 1, "reporting": 1,
     "ops": 2,
     "model": 3,

@@ -17,15 +17,14 @@ any moment leaves either the previous checkpoint or the new one, never half of o
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CheckpointError
+from .files import write_atomic
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^checkpoint-epoch-(\d+)\.npz$")
@@ -55,29 +54,7 @@ def save(path, *, meta: dict, arrays: dict[str, dict[str, np.ndarray] | None]) -
     for group, members in arrays.items():
         for name, value in (members or {}).items():
             flat[f"{group}/{name}"] = np.asarray(value)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **flat)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return write_atomic(path, lambda handle: np.savez(handle, **flat))
 
 
 def load(path) -> dict:

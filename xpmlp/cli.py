@@ -19,6 +19,7 @@ from . import checkpoint, datasets, reporting
 from ._version import __version__
 from .backend import get_backend, to_numpy
 from .errors import ConfigError, DataError, NonFiniteError, XpmlpError
+from .files import write_atomic
 from .model import MLP
 from .ops import ACTIVATIONS
 from .optim import OPTIMIZERS, SCHEDULES
@@ -475,7 +476,7 @@ def cmd_predict(args) -> int:
     probabilities = to_numpy(model.predict_proba(X))
     labels = probabilities.argmax(axis=1)
     if args.output:
-        np.savez(args.output, labels=labels, probabilities=probabilities)
+        write_atomic(args.output, lambda h: np.savez(h, labels=labels, probabilities=probabilities))
         print(f"wrote {len(labels)} predictions to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write("".join(f"{label}\n" for label in labels))

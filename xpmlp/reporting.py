@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
+
+from .files import write_atomic
 
 METRIC_KEYS = (
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -15,18 +14,7 @@ METRIC_KEYS = (
 
 
 def write_text_atomic(path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: handle.write(text), mode="w")
 
 
 def write_json(path, data: dict) -> None:
@@ -125,8 +113,6 @@ def plot_curves(history: list[dict], path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
     return True
