@@ -49,6 +49,46 @@ def _operands(workload: Workload, rng: np.random.Generator, transposed_weights: 
     return products
 
 
+class _Library:
+    """matmul, synchronise, host-to-device copy and empty float32 arrays for one library."""
+
+    def __init__(self, library: str, device: str = "cpu"):
+        self.name = library
+        if library == "numpy":
+            self.matmul, self.to_device = np.matmul, np.asarray
+        elif library == "cupy":
+            import cupy
+
+            self._cupy = cupy
+            self.matmul, self.to_device = cupy.matmul, cupy.asarray
+        elif library == "torch":
+            import torch
+
+            self._torch = torch
+            self.device = torch.device("cuda" if device == "gpu" else "cpu")
+            self.matmul = torch.matmul
+        else:
+            raise ValueError(f"unknown GEMM library {library!r}")
+
+    def sync(self) -> None:
+        if self.name == "cupy":
+            self._cupy.cuda.get_current_stream().synchronize()
+        elif self.name == "torch" and self.device.type == "cuda":
+            self._torch.cuda.synchronize(self.device)
+
+    def empty(self, shape):
+        if self.name == "numpy":
+            return np.empty(shape, np.float32)
+        if self.name == "cupy":
+            return self._cupy.empty(shape, self._cupy.float32)
+        return self._torch.empty(shape, dtype=self._torch.float32, device=self.device)
+
+    def copy(self, host: np.ndarray):
+        if self.name == "torch":
+            return self._torch.from_numpy(host).to(self.device)
+        return self.to_device(host)
+
+
 class GemmStep:
     """One step's GEMMs on NumPy or CuPy (xpmlp's layout) or torch (nn.Linear's layout).
 
@@ -65,44 +105,24 @@ class GemmStep:
         self.library, self.workload = library, workload
         self.steps = max(1, n_samples // workload.batch)
         self.name = f"GEMM ceiling ({library})"
-        rng = np.random.default_rng(1)
-        host = _operands(workload, rng, transposed_weights=library == "torch")
-        if library == "numpy":
-            self._matmul = np.matmul
-            self._sync = lambda: None
-            to_dev = np.asarray
-            empty = lambda shape: np.empty(shape, np.float32)
-        elif library == "cupy":
-            import cupy
-
-            self._matmul = cupy.matmul
-            self._sync = lambda: cupy.cuda.get_current_stream().synchronize()
-            to_dev = cupy.asarray
-            empty = lambda shape: cupy.empty(shape, cupy.float32)
-        elif library == "torch":
-            import torch
-
-            dev = torch.device("cuda" if device == "gpu" else "cpu")
-            self._matmul = torch.matmul
-            self._sync = (
-                (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-            )
-            to_dev = lambda a: torch.from_numpy(a).to(dev)
-            empty = lambda shape: torch.empty(shape, dtype=torch.float32, device=dev)
-        else:
-            raise ValueError(f"unknown GEMM library {library!r}")
+        self._lib = _Library(library, device)
+        host = _operands(workload, np.random.default_rng(1), transposed_weights=library == "torch")
         self.products = []
         for left, left_t, right, right_t, out_shape in host:
-            left, right = to_dev(left), to_dev(right)
+            left, right = self._lib.copy(left), self._lib.copy(right)
             self.products.append(
-                (left.T if left_t else left, right.T if right_t else right, empty(out_shape))
+                (
+                    left.T if left_t else left,
+                    right.T if right_t else right,
+                    self._lib.empty(out_shape),
+                )
             )
 
     def sync(self) -> None:
-        self._sync()
+        self._lib.sync()
 
     def epoch(self) -> None:
-        matmul, products = self._matmul, self.products
+        matmul, products = self._lib.matmul, self.products
         for _ in range(self.steps):
             for left, right, out in products:
                 matmul(left, right, out=out)
@@ -110,42 +130,26 @@ class GemmStep:
 
 def reference_rate(library: str, n: int, *, device: str = "cpu", repeats: int = 5) -> dict:
     """GFLOP/s of one float32 (n, n) @ (n, n) product: the median of ``repeats`` timings."""
-    step = GemmStep.__new__(GemmStep)
+    lib = _Library(library, device)
     rng = np.random.default_rng(2)
-    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
-    if library == "numpy":
-        a_d, b_d, out = a, b, np.empty((n, n), np.float32)
-        matmul, sync = np.matmul, (lambda: None)
-    elif library == "cupy":
-        import cupy
-
-        a_d, b_d, out = cupy.asarray(a), cupy.asarray(b), cupy.empty((n, n), cupy.float32)
-        matmul, sync = cupy.matmul, (lambda: cupy.cuda.get_current_stream().synchronize())
-    else:
-        import torch
-
-        dev = torch.device("cuda" if device == "gpu" else "cpu")
-        a_d, b_d = torch.from_numpy(a).to(dev), torch.from_numpy(b).to(dev)
-        out = torch.empty((n, n), device=dev)
-        matmul = torch.matmul
-        sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    del step
+    a, b = (lib.copy(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
+    out = lib.empty((n, n))
     flops = 2.0 * n**3
-    # Enough products per timing to last ~0.2 s, after one warm-up.
-    matmul(a_d, b_d, out=out)
-    sync()
-    t0 = time.perf_counter()
-    matmul(a_d, b_d, out=out)
-    sync()
-    reps = max(1, int(0.2 / max(time.perf_counter() - t0, 1e-6)))
+    # One warm-up, then enough products per timing to last about 0.2 s.
+    lib.matmul(a, b, out=out)
+    lib.sync()
+    start = time.perf_counter()
+    lib.matmul(a, b, out=out)
+    lib.sync()
+    reps = max(1, int(0.2 / max(time.perf_counter() - start, 1e-6)))
     rates = []
     for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
+        lib.sync()
+        start = time.perf_counter()
         for _ in range(reps):
-            matmul(a_d, b_d, out=out)
-        sync()
-        rates.append(flops * reps / (time.perf_counter() - t0) / 1e9)
+            lib.matmul(a, b, out=out)
+        lib.sync()
+        rates.append(flops * reps / (time.perf_counter() - start) / 1e9)
     return {
         "library": library,
         "n": n,

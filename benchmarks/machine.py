@@ -24,6 +24,10 @@ PACKAGES = (
 )
 
 
+ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
+            "CUPY_TF32", "NVIDIA_TF32_OVERRIDE", "CUDA_VISIBLE_DEVICES")  # fmt: skip
+
+
 def describe(device: str) -> dict:
     """A JSON-able description of this machine and software, for ``device`` cpu or gpu."""
     return {
@@ -40,6 +44,7 @@ def describe(device: str) -> dict:
         "blas": _numpy_blas(),  # after torch, so that threadpoolctl sees its libraries too
         "gpu": gpu_name() if device == "gpu" else None,
         "git": _git(),
+        "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
         "load_average_at_start": list(os.getloadavg()),
     }
 
@@ -60,7 +65,7 @@ def gpu_name() -> str | None:
 
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         return props["name"].decode()
-    except Exception:  # noqa: BLE001 (no CuPy or no device: say so, don't fail)
+    except Exception:
         return None
 
 

@@ -27,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data as data_module
 import gemm
@@ -44,6 +43,7 @@ from workloads import (
     Workload,
 )
 
+HERE = Path(__file__).resolve().parent
 TARGET_ACCURACY = 0.88
 IDLE_GAP_S = 0.25  # between timed epochs; see `timed`
 FRAMEWORKS = {"cpu": ("xpmlp", "torch", "sklearn"), "gpu": ("xpmlp", "torch", "torch.compile")}
@@ -353,6 +353,7 @@ def time_to_accuracy(data, args, frameworks) -> dict:
         name: {
             "accuracy": [],
             "train_seconds": [],
+            "samples_per_s": [],
             "reached": False,
             "epochs_to_target": None,
             "seconds_to_target": None,
@@ -369,6 +370,7 @@ def time_to_accuracy(data, args, frameworks) -> dict:
             seconds = timed(runners[name], args.gap)
             total = (res["train_seconds"][-1] if res["train_seconds"] else 0.0) + seconds
             res["train_seconds"].append(total)
+            res["samples_per_s"].append(data.X_train.shape[0] / seconds)
             res["accuracy"].append(runners[name].accuracy())
             if res["accuracy"][-1] >= target:
                 res.update(
@@ -389,6 +391,10 @@ def time_to_accuracy(data, args, frameworks) -> dict:
 
 def _fmt(value, spec: str, empty: str = "—") -> str:
     return empty if value is None else format(value, spec)
+
+
+def _trend(rates: list[float]) -> str:
+    return f"{rates[0]:,.0f} → {rates[-1]:,.0f}" if rates else "—"
 
 
 def markdown(report: dict) -> str:
@@ -443,14 +449,15 @@ def markdown(report: dict) -> str:
                 f"{tta['workload']['batch']} (training seconds only, at most {tta['max_epochs']} epochs):"
             ),
             "",
-            "| framework | epochs | seconds | best test accuracy |",
-            "|---|--:|--:|--:|",
+            "| framework | epochs | seconds | best test accuracy | samples/s, first → last epoch |",
+            "|---|--:|--:|--:|--:|",
         ]
         for name, r in tta["results"].items():
             lines.append(
                 f"| {name} | {_fmt(r['epochs_to_target'], 'd', 'not reached')} "
                 f"| {_fmt(r['seconds_to_target'], '.1f', '—')} "
-                f"| {max(r['accuracy']) if r['accuracy'] else float('nan'):.4f} |"
+                f"| {max(r['accuracy']) if r['accuracy'] else float('nan'):.4f} "
+                f"| {_trend(r['samples_per_s'])} |"
             )
     if report["targets"]:
         lines += ["", "| target | measured | met |", "|---|--:|---|"]
@@ -459,13 +466,17 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         "GEMM ceiling: the step's matrix products alone, at the exact shapes, timed in the same "
-        "interleaving (own = the contestant's BLAS; best = the fastest library's). Peak memory: "
+        "interleaving (own = the contestant's BLAS; best = the fastest library's). "
         + (
-            "device memory of building and one epoch."
+            "Peak memory: device memory of building and one epoch."
             if report["settings"]["device"] == "gpu"
-            else "peak RSS of a fresh process that loads Fashion-MNIST and trains (a full epoch "
-            "at batch 128, 784-300-300-10)."
-        ),
+            else "Peak memory: peak RSS (VmHWM) of a fresh process that imports the framework, "
+            "loads Fashion-MNIST as float32 and trains (a full epoch and a test evaluation for "
+            "784-300-300-10 at batch 128; as many steps as one timed repeat otherwise)."
+        )
+        + " Rates are not stationary: each repeat continues the same training run, and xpmlp "
+        "slows as it goes (its per-repeat rates are in the JSON; the first → last epoch column "
+        "above shows it over a real run).",
     ]
     return "\n".join(lines)
 
