@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import xpmlp
 from xpmlp import CheckpointError, ConfigError, Schedule, clip_grad_norm, make_optimizer, to_numpy
-from xpmlp.optim import OPTIMIZERS
+from xpmlp.optim import FLUSH_EVERY, OPTIMIZERS
 
 P0 = np.array([1.0, -2.0])
 G1 = np.array([0.5, -1.0])
@@ -19,12 +20,12 @@ G2 = np.array([0.25, 2.0])
 
 def _two_steps(backend, name, *, lr, **kwargs):
     optimizer = make_optimizer(name, backend.xp, lr=lr, **kwargs)
-    params = {"w": backend.asarray(P0, "float64")}
+    params = {"w": backend.asarray(P0, "float64", copy=True)}  # steps may update in place
     history = []
     for grad in (G1, G2):
         optimizer.step(params, {"w": backend.asarray(grad, "float64")})
         assert backend.owns(params["w"])
-        history.append(to_numpy(params["w"]))
+        history.append(to_numpy(params["w"]).copy())
     return history
 
 
@@ -343,3 +344,62 @@ def test_clip_grad_norm_matches_torch(backend, max_norm):
         np.testing.assert_allclose(to_numpy(grad), tensor.grad.numpy(), rtol=1e-14, err_msg=name)
     clipped = math.sqrt(sum(float(np.sum(to_numpy(g) ** 2)) for g in grads.values()))
     assert clipped == pytest.approx(min(total, max_norm), rel=1e-5)  # the 1e-6 guard
+
+
+# ---------------------------------------------------------------------- the in-place fast path
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam", "adamw"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_inplace_path_equals_portable_path_bit_for_bit(name, dtype):
+    """NumPy's out= path against the Array API path, over 250 steps (two moment flushes)."""
+    rng = np.random.default_rng(0)
+    start = {"w": rng.normal(size=(30, 7)).astype(dtype), "b": rng.normal(size=7).astype(dtype)}
+    fast = make_optimizer(name, np, lr=0.01, weight_decay=0.1)
+    portable = make_optimizer(name, np, lr=0.01, weight_decay=0.1, inplace=False)
+    assert fast._lib is np and portable._lib is None
+    p_fast = {k: v.copy() for k, v in start.items()}
+    p_portable = {k: v.copy() for k, v in start.items()}
+    for step in range(250):
+        grads = {k: rng.normal(size=v.shape).astype(dtype) for k, v in start.items()}
+        grads["w"][:5] = 0  # rows whose gradient vanishes: their moments decay towards zero
+        if step % 3 == 0:
+            grads["w"][5:10] = 1e-20
+        fast.step(p_fast, {k: g.copy() for k, g in grads.items()}, lr=0.01 * (1 + step % 4))
+        portable.step(p_portable, grads, lr=0.01 * (1 + step % 4))
+    for k in start:
+        np.testing.assert_array_equal(p_fast[k], p_portable[k])
+    for k, slots in fast.state.items():
+        for slot, value in slots.items():
+            np.testing.assert_array_equal(value, portable.state[k][slot])
+
+
+def test_moments_that_would_go_subnormal_are_flushed_to_zero():
+    adam = make_optimizer("adam", np, lr=0.1)
+    params = {"w": np.ones(4, np.float32)}
+    adam.step(params, {"w": np.full(4, 1e-3, np.float32)})
+    for _ in range(FLUSH_EVERY * 9 - 1):  # 0.9 ** 899 * 1e-4 is about 1e-45: subnormal, not zero
+        adam.step(params, {"w": np.zeros(4, np.float32)})
+    m = adam.state["w"]["m"]
+    assert np.all(m == 0), m
+    assert np.all(np.isfinite(params["w"]))
+
+
+def test_state_dicts_are_snapshots_not_views_of_live_state():
+    model = xpmlp.MLP([3, 4, 2], seed=0)
+    optimizer = make_optimizer("adam", model.xp, lr=0.1)
+    X, y = np.ones((5, 3)), np.array([0, 1, 0, 1, 1])
+    _, grads = model.loss_and_grads(X, y)
+    optimizer.step(model.params, grads)
+    saved_params, saved_slots = model.state_dict(), optimizer.state_dict()["slots"]
+    before = {k: v.copy() for k, v in saved_params.items()}
+    model.load_state_dict(saved_params)
+    _, grads = model.loss_and_grads(X, y)
+    optimizer.step(model.params, grads)
+    for k, v in before.items():
+        np.testing.assert_array_equal(
+            saved_params[k], v
+        )  # loading did not alias, stepping did not write
+    assert not np.array_equal(
+        saved_slots["layers.0.weight.m"], optimizer.state["layers.0.weight"]["m"]
+    )

@@ -59,13 +59,17 @@ class Backend:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {name!r}")
         return getattr(self.xp, name)
 
-    def asarray(self, host, dtype=None):
-        """Copy a host array (or array of any backend) onto this backend's device."""
+    def asarray(self, host, dtype=None, *, copy: bool | None = None):
+        """Put a host array (or an array of any backend) on this backend's device.
+
+        ``copy=True`` guarantees a new array even where NumPy could share the host's memory
+        (parameters must never alias a caller's arrays: optimizers update them in place).
+        """
         if dtype is not None and isinstance(dtype, str):
             dtype = self.dtype(dtype)
         if not isinstance(host, np.ndarray):
             host = to_numpy(host)
-        return self.xp.asarray(host, dtype=dtype, device=self.device)
+        return self.xp.asarray(host, dtype=dtype, device=self.device, copy=copy)
 
     def owns(self, array) -> bool:
         """Whether ``array`` already belongs to this namespace and sits on this device."""
@@ -94,6 +98,18 @@ class Backend:
 
             return torch.cuda.get_device_name(self.device)
         return f"{self.name} {self.device}" if self.device is not None else "cpu"
+
+
+def ufunc_module(xp):
+    """NumPy or CuPy, when ``xp`` is (a wrapper of) one of them, for the ``out=`` fast paths.
+
+    None for every other namespace, which then takes the portable path.
+    """
+    if array_api_compat.is_numpy_namespace(xp):
+        return np
+    if array_api_compat.is_cupy_namespace(xp):
+        return importlib.import_module("cupy")
+    return None
 
 
 def _library_of(array) -> str:

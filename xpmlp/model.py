@@ -124,7 +124,8 @@ class MLP:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The parameters as host NumPy arrays, keyed like :attr:`params`."""
-        return {name: to_numpy(value) for name, value in self.params.items()}
+        # A copy even on NumPy: optimizers update parameters in place.
+        return {name: to_numpy(value).copy() for name, value in self.params.items()}
 
     def load_state_dict(self, state: dict) -> None:
         """Copy parameters from ``state`` (NumPy or any backend's arrays) onto this model."""
@@ -141,7 +142,9 @@ class MLP:
                     f"{name} has shape {tuple(value.shape)} in the checkpoint but "
                     f"{tuple(current.shape)} in the model (layer sizes {self.layer_sizes})"
                 )
-        self.params = {name: self.backend.asarray(state[name], self.dtype) for name in self.params}
+        self.params = {
+            name: self.backend.asarray(state[name], self.dtype, copy=True) for name in self.params
+        }
 
     def to(self, device: str | Backend) -> MLP:
         """Move the parameters to another device (in place); returns the model."""

@@ -329,7 +329,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         meta = state["meta"]
         self.model.load_state_dict(state["params"])
-        asarray = lambda a: self.model.backend.asarray(a, self.model.dtype)  # noqa: E731
+        asarray = lambda a: self.model.backend.asarray(a, self.model.dtype, copy=True)  # noqa: E731
         self.optimizer.load_state_dict(
             {"steps": meta["optimizer_steps"], "slots": state["optimizer"]}, asarray=asarray
         )
