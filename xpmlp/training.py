@@ -135,38 +135,50 @@ class Trainer:
         steps = math.ceil(n_samples / self.batch_size)
         return Schedule(self.optimizer.lr, steps_per_epoch=steps, **self._schedule_args)
 
+    def batches(self, X, y):
+        """The current epoch's batches, gathered on the device from a device copy of its order.
+
+        Yields ``(step, X_batch, y_batch, dropout_masks, lr)``; ``step`` counts from 0 within
+        the epoch, and the order, masks and learning rates depend only on seed and epoch.
+        """
+        model, xp = self.model, self.model.xp
+        n = X.shape[0]
+        schedule = self.schedule_for(n)
+        first_step = self.epoch * schedule.steps_per_epoch
+        order = rng.batch_order(n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
+        order = model.backend.asarray(order)
+        masks_rng = rng.dropout_generator(self.seed, self.epoch)
+        for step in range(schedule.steps_per_epoch):
+            index = order[step * self.batch_size : min((step + 1) * self.batch_size, n)]
+            Xb, yb = xp.take(X, index, axis=0), xp.take(y, index, axis=0)
+            masks = model.sample_masks(index.shape[0], masks_rng)
+            yield step, Xb, yb, masks, schedule(first_step + step)
+
     def train_epoch(self, X, y, *, on_batch: Callable[[int, int], None] | None = None) -> dict:
         """One pass over (X, y) already on the device; returns the epoch's training metrics.
 
         The device scalars are read once, at the end. ``on_batch(done, total)`` is called
         after every step with host integers only (for progress bars).
         """
-        model, xp = self.model, self.model.xp
+        model = self.model
         n = X.shape[0]
-        schedule = self.schedule_for(n)
-        steps_per_epoch = schedule.steps_per_epoch
-        order = rng.batch_order(n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
-        order = model.backend.asarray(order)
-        masks_rng = rng.dropout_generator(self.seed, self.epoch)
+        if n == 0:
+            raise DataError("the training set is empty")
+        total_steps = self.schedule_for(n).steps_per_epoch
         loss_sum, correct = _zero(model), _zero(model)
         start_time = time.perf_counter()
-        for step in range(steps_per_epoch):
-            index = order[step * self.batch_size : min((step + 1) * self.batch_size, n)]
-            Xb, yb = xp.take(X, index, axis=0), xp.take(y, index, axis=0)
-            masks = model.sample_masks(index.shape[0], masks_rng)
-            loss, outputs = self.train_step(
-                Xb, yb, masks, lr=schedule(self.epoch * steps_per_epoch + step)
-            )
-            loss_sum = loss_sum + loss * index.shape[0]
+        for step, Xb, yb, masks, lr in self.batches(X, y):
+            loss, outputs = self.train_step(Xb, yb, masks, lr=lr)
+            loss_sum = loss_sum + loss * Xb.shape[0]
             correct = correct + _correct(model, outputs, yb)
             if on_batch is not None:
-                on_batch(step + 1, steps_per_epoch)
+                on_batch(step + 1, total_steps)
         loss_sum, correct = float(to_numpy(loss_sum)), float(to_numpy(correct))  # the one sync
         seconds = time.perf_counter() - start_time
         return {
             "train_loss": loss_sum / n,
             "train_accuracy": correct / n if model.loss_name == "cross_entropy" else None,
-            "lr": schedule(self.epoch * steps_per_epoch + steps_per_epoch - 1),
+            "lr": lr,
             "seconds": seconds,
             "samples_per_second": n / seconds if seconds > 0 else math.inf,
         }
@@ -175,10 +187,13 @@ class Trainer:
         """Forward, backward and update on one batch; returns (loss, outputs) as device arrays."""
         model = self.model
         loss, grads, outputs = model.batch_loss_and_grads(Xb, model.targets(yb), masks)
-        if self.clip_norm is not None:
-            clip_grad_norm(model.xp, grads, self.clip_norm)
-        self.optimizer.step(model.params, grads, lr=lr)
+        self.apply_gradients(grads, lr=lr)
         return loss, outputs
+
+    def apply_gradients(self, grads: dict, *, lr: float) -> None:
+        if self.clip_norm is not None:
+            clip_grad_norm(self.model.xp, grads, self.clip_norm)
+        self.optimizer.step(self.model.params, grads, lr=lr)
 
     # ------------------------------------------------------------------ the run
 
@@ -280,33 +295,22 @@ class Trainer:
 
     def diagnose_nonfinite(self, X, y) -> str:
         """Replay the failed epoch step by step (from the restored state) to say where it broke."""
-        model, xp = self.model, self.model.xp
+        model = self.model
         start = self.snapshot()
-        n = X.shape[0]
-        schedule = self.schedule_for(n)
-        order = model.backend.asarray(
-            rng.batch_order(n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
-        )
-        masks_rng = rng.dropout_generator(self.seed, self.epoch)
         message = f"loss became non-finite in epoch {self.epoch + 1}"
         try:
-            for step in range(schedule.steps_per_epoch):
-                index = order[step * self.batch_size : min((step + 1) * self.batch_size, n)]
-                Xb, yb = xp.take(X, index, axis=0), xp.take(y, index, axis=0)
-                masks = model.sample_masks(index.shape[0], masks_rng)
+            for step, Xb, yb, masks, lr in self.batches(X, y):
                 loss, grads, _ = model.batch_loss_and_grads(Xb, model.targets(yb), masks)
-                lr = schedule(self.epoch * schedule.steps_per_epoch + step)
+                loss = float(to_numpy(loss))
                 where = _first_nonfinite(grads)
-                if where is not None or not np.isfinite(to_numpy(loss)):
+                if where is not None or not math.isfinite(loss):
                     blame = where or _largest_grad(grads)
                     return (
-                        f"{message}, step {step + 1} (learning rate {lr:.3g}): loss = "
-                        f"{float(to_numpy(loss)):.4g}; {blame}. Lower the learning rate, or clip "
-                        f"gradients (--clip-norm); the weights are those of the last good epoch"
+                        f"{message}, step {step + 1} (learning rate {lr:.3g}): loss = {loss:.4g}; "
+                        f"{blame}. Lower the learning rate, or clip gradients (--clip-norm); "
+                        f"the weights are those of the last good epoch"
                     )
-                if self.clip_norm is not None:
-                    clip_grad_norm(xp, grads, self.clip_norm)
-                self.optimizer.step(model.params, grads, lr=lr)
+                self.apply_gradients(grads, lr=lr)
             return f"{message} (not reproduced on replay); the weights are those of the last good epoch"
         finally:
             self.restore(start)
