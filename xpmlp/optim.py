@@ -310,5 +310,6 @@ class Schedule:
 
 
 def _writable(array) -> bool:
-    flags = getattr(array, "flags", None)
-    return flags is None or flags.writeable
+    # NumPy arrays can be read-only (np.load of a memory map, broadcast views); CuPy's flags
+    # have no ``writeable`` at all: its arrays always are.
+    return getattr(getattr(array, "flags", None), "writeable", True)
