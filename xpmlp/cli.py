@@ -18,7 +18,7 @@ import numpy as np
 from . import checkpoint, datasets, reporting
 from ._version import __version__
 from .backend import get_backend, to_numpy
-from .errors import ConfigError, DataError, NonFiniteError, XpmlpError
+from .errors import ConfigError, DataError, XpmlpError
 from .files import write_atomic
 from .model import MLP
 from .ops import ACTIVATIONS
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- data
 
 
-def _load_split_data(source: str, args, *, split: str | None = None):
+def _load_split_data(source: str, args):
     """Host arrays (X_train, y_train, X_test, y_test, n_classes, description)."""
     if source in BUILTIN:
         data = datasets.load_dataset(source, data_dir=args.data_dir, download=not args.no_download)
@@ -229,9 +229,11 @@ def _prepare_training_data(args, seed: int):
     X_train, y_train, X_val, y_val = datasets.train_val_split(X, y, args.val_fraction, seed=seed)
     offset, factor = datasets.scaling_stats(X_train, args.scaling)
     prepared = {
-        "train": (_apply_scaling(X_train, offset, factor, args.dtype), y_train),
-        "val": (_apply_scaling(X_val, offset, factor, args.dtype), y_val) if len(X_val) else None,
-        "test": (_apply_scaling(X_test, offset, factor, args.dtype), y_test)
+        "train": (datasets.apply_scaling(X_train, offset, factor, args.dtype), y_train),
+        "val": (datasets.apply_scaling(X_val, offset, factor, args.dtype), y_val)
+        if len(X_val)
+        else None,
+        "test": (datasets.apply_scaling(X_test, offset, factor, args.dtype), y_test)
         if X_test is not None
         else None,
     }
@@ -240,11 +242,6 @@ def _prepare_training_data(args, seed: int):
         "factor": np.broadcast_to(factor, X.shape[1:]).copy(),
     }
     return prepared, scaling, n_classes, source
-
-
-def _apply_scaling(X, offset, factor, dtype):
-    dtype = np.dtype(dtype)
-    return (X.astype(dtype) - np.asarray(offset, dtype)) / np.asarray(factor, dtype)
 
 
 # ---------------------------------------------------------------------- train
@@ -344,9 +341,6 @@ def cmd_train(args) -> int:
         print(f"xpmlp: interrupted; saved epoch {trainer.epoch} to {path}; continue with --resume {out}",
               file=sys.stderr)  # fmt: skip
         return 130
-    except NonFiniteError:
-        progress.close()
-        raise
     finally:
         progress.close()
     if not reporting.plot_curves(trainer.history, out / "curves.png"):
@@ -422,7 +416,9 @@ def _scale_input(X, ckpt, model, where: str):
         raise DataError(
             f"{where} has shape {X.shape}; the checkpoint's model expects (n, {model.layer_sizes[0]}) inputs"
         )
-    return _apply_scaling(X, ckpt["scaling"]["offset"], ckpt["scaling"]["factor"], model.dtype_name)
+    return datasets.apply_scaling(
+        X, ckpt["scaling"]["offset"], ckpt["scaling"]["factor"], model.dtype_name
+    )
 
 
 def cmd_evaluate(args) -> int:

@@ -638,8 +638,13 @@ def scale(X_train, *others, method: str = "unit", dtype=np.float32) -> tuple[np.
                 f"array {i} to scale has shape {X.shape}; the training set has {arrays[0].shape}"
             )
     offset, factor = scaling_stats(arrays[0], method)
-    offset, factor = np.asarray(offset, dtype=dtype), np.asarray(factor, dtype=dtype)
-    return tuple((X.astype(dtype) - offset) / factor for X in arrays)
+    return tuple(apply_scaling(X, offset, factor, dtype) for X in arrays)
+
+
+def apply_scaling(X, offset, factor, dtype=np.float32) -> np.ndarray:
+    """``(X - offset) / factor`` in ``dtype``, with statistics from :func:`scaling_stats`."""
+    dtype = np.dtype(dtype)
+    return (np.asarray(X).astype(dtype) - np.asarray(offset, dtype)) / np.asarray(factor, dtype)
 
 
 def scaling_stats(X, method: str):

@@ -70,7 +70,7 @@ class MLP:
         self.backend = get_backend(device)
         self.dtype_name = dtype
         self.dtype = self.backend.dtype(dtype)
-        self._mask_rng = rng.generator(self.seed, 99)
+        self._mask_rng = rng.model_dropout_generator(self.seed)
         self.params = {
             name: self.backend.asarray(value, self.dtype)
             for name, value in self._initial_params().items()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-_INIT, _SHUFFLE, _DROPOUT, _SPLIT = 0, 1, 2, 3
+_INIT, _SHUFFLE, _DROPOUT = 0, 1, 2
+_MODEL_DROPOUT = 99  # masks drawn by MLP.forward/loss_and_grads when none are passed
 
 
 def generator(seed: int, purpose: int, *key: int) -> np.random.Generator:
@@ -25,8 +26,8 @@ def dropout_generator(seed: int, epoch: int) -> np.random.Generator:
     return generator(seed, _DROPOUT, epoch)
 
 
-def split_generator(seed: int) -> np.random.Generator:
-    return generator(seed, _SPLIT)
+def model_dropout_generator(seed: int) -> np.random.Generator:
+    return generator(seed, _MODEL_DROPOUT)
 
 
 def batch_order(n_samples: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:

@@ -31,9 +31,8 @@ def evaluate(model: MLP, X, y, *, batch_size: int = EVAL_BATCH) -> dict:
     xp = model.xp
     loss_sum, correct = _zero(model), _zero(model)
     for start in range(0, X.shape[0], batch_size):
-        stop = min(
-            start + batch_size, X.shape[0]
-        )  # the standard leaves out-of-range stops undefined
+        # The standard leaves slices that run past the end undefined.
+        stop = min(start + batch_size, X.shape[0])
         Xb, yb = X[start:stop, ...], y[start:stop, ...]
         outputs = model._forward(Xb, None)[0]
         loss, _ = model._loss(xp, outputs, model.targets(yb))
@@ -107,7 +106,6 @@ class Trainer:
         if early_stopping is not None and early_stopping < 1:
             raise ConfigError(f"early-stopping patience must be >= 1; got {early_stopping}")
         self.model = model
-        self.optimizer_name = optimizer
         self.optimizer: Optimizer = make_optimizer(
             optimizer, model.xp, lr=lr, momentum=momentum, weight_decay=weight_decay
         )
