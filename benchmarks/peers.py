@@ -66,7 +66,7 @@ class Xpmlp:
     def first_batch_loss(self) -> float:
         from xpmlp import to_numpy
 
-        b = self.trainer.batch_size
+        b = self.trainer.config.batch_size
         loss, _ = self.model.loss_and_grads(self.X[:b], self.y[:b])
         return float(to_numpy(loss))
 

@@ -1,4 +1,4 @@
-"""Dependencies point one way: backend -> ops -> model -> optim -> training -> cli.
+"""Dependencies point one way: backend -> ops -> model -> optim -> config/runs -> training -> cli.
 
 Parses the package's imports; a module may import only modules of a lower layer, and only the
 backend module may name CuPy, torch or array-api-strict.
@@ -15,12 +15,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "xpmlp"
 
 LAYERS = {
     "errors": 0, "_version": 0, "files": 0,
-    "backend": 1, "rng": 1, "datasets": 1, "checkpoint": 1, "reporting": 1,
-    "ops": 2,
+    "backend": 1, "rng": 1, "idx": 1, "inputs": 1, "checkpoint": 1, "reporting": 1,
+    "datasets": 2, "ops": 2,
     "model": 3,
-    "optim": 4, "gradcheck": 4,
-    "training": 5,
-    "cli": 6, "__init__": 6, "__main__": 7,
+    "optim": 4, "gradcheck": 4, "metrics": 4, "diagnostics": 4,
+    "config": 5, "runs": 5,
+    "training": 6,
+    "cli": 7, "__init__": 7, "__main__": 8,
 }  # fmt: skip
 DEVICE_LIBRARIES = {"cupy", "torch", "array_api_strict"}
 
@@ -57,3 +58,44 @@ def test_imports_point_down_the_layers(module):
     assert not upward, f"{module} (layer {LAYERS[module]}) imports {upward} from its layer or above"
     if module != "backend":
         assert not external & DEVICE_LIBRARIES, f"{module} imports {external & DEVICE_LIBRARIES}"
+
+
+def _private_uses(path: Path) -> set[str]:
+    """``_names`` this file takes from other xpmlp modules (imported, or as ``module._name``)."""
+    tree = ast.parse(path.read_text())
+    modules, found = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (
+            node.level or (node.module or "").startswith("xpmlp")
+        ):
+            for alias in node.names:
+                if alias.name.startswith("_") and alias.name != "__version__":
+                    found.add(f"{node.module}.{alias.name}")
+                modules.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.add(f"{node.value.id}.{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_no_module_uses_another_modules_private_names(module):
+    assert not _private_uses(PACKAGE / f"{module}.py")
+
+
+def test_private_use_is_detected(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from . import model\nfrom .ops import _relu\nmodel._check(1)\n")
+    assert _private_uses(probe) == {"ops._relu", "model._check"}
+
+
+@pytest.mark.parametrize("module", sorted(LAYERS))
+def test_modules_stay_small(module):
+    lines = len((PACKAGE / f"{module}.py").read_text().splitlines())
+    assert lines <= 500, f"{module}.py has {lines} lines; split it by concept"

@@ -93,5 +93,5 @@ def test_train_on_one_backend_evaluate_on_numpy(tmp_path, source):
     )
     resumed = xpmlp.Trainer(xpmlp.MLP([5, 8, 3], device="cpu", seed=1), batch_size=16, epochs=2)
     resumed.load_state_dict({"meta": state["meta"], "params": loaded["params"],
-                             "optimizer": loaded["optimizer"], "best_params": None})  # fmt: skip
+                             "optimizer": loaded["optimizer"], "best": None})  # fmt: skip
     assert resumed.optimizer.steps == trainer.optimizer.steps == 8

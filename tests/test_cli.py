@@ -69,7 +69,7 @@ def test_run_directory_has_metrics_config_curves_and_checkpoints(tmp_path, toy):
         assert record["val_loss"] is not None and record["test_accuracy"] is not None
         assert record["seconds"] > 0 and record["samples_per_second"] > 0
     config = json.loads((run / "config.json").read_text())
-    assert config["settings"]["seed"] == 0 and config["settings"]["hidden"] == [16, 16]
+    assert config["train"]["seed"] == 0 and config["model"]["layer_sizes"][1:-1] == [16, 16]
     assert "numpy" in config["versions"] and config["device_name"]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert checkpoint.latest(run).name == "checkpoint-epoch-0003.npz"

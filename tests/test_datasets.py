@@ -14,18 +14,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from xpmlp import datasets
-from xpmlp.datasets import (
-    FILENAMES,
-    check_finite,
-    check_labels,
-    load_arrays,
-    load_dataset,
-    read_idx,
-    scale,
-    train_val_split,
-    write_idx,
-)
+from xpmlp.datasets import FILENAMES, load_arrays, load_dataset, train_val_split
 from xpmlp.errors import ConfigError, DataError
+from xpmlp.idx import read_idx, write_idx
+from xpmlp.inputs import Scaler, check_finite, check_labels
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_NATIVE_DTYPES = ["uint8", "int8", "int16", "int32", "float32", "float64"]
@@ -197,7 +189,7 @@ def _replace(directory, index, array):
             np.array([0, 1, 2, 12, 4, 5], np.uint8),
             ["[0, 10)", "found 12 at row 3", FILENAMES[1]],
         ),
-        (3, np.array([0, 1, 2, 3], np.float32), ["integers", FILENAMES[3]]),
+        (3, np.array([0, 1, 2.5, 3], np.float32), ["integers", "found 2.5", FILENAMES[3]]),
     ],
 )
 def test_load_dataset_rejects_inconsistent_files(tmp_path, index, array, fragments):
@@ -472,7 +464,7 @@ def test_load_npz_accepts_integral_float_labels(tmp_path):
         ({"X": np.zeros((3, 2))}, ["no array 'y'", "arrays found: X"]),
         ({"X": np.zeros(3), "y": np.zeros(3, int)}, ["X in", "shape (3,)"]),
         ({"X": np.zeros((3, 2)), "y": np.zeros((3, 1), int)}, ["y in", "(3, 1)"]),
-        ({"X": np.zeros((3, 2)), "y": np.zeros(4, int)}, ["3 rows in X", "4 labels"]),
+        ({"X": np.zeros((3, 2)), "y": np.zeros(4, int)}, ["3 rows", "4 labels"]),
         (
             {"X": np.array([[0, 1], [2, np.nan], [np.inf, 0]]), "y": np.zeros(3, int)},
             ["finite", "row 1", "2 rows"],
@@ -566,14 +558,20 @@ def test_load_arrays_bad_paths_and_options(tmp_path):
 
 def test_check_labels():
     check_labels(np.array([0, 9, 3]), 10, where="y_train")
-    with raises_one_line(DataError, "labels must be in [0, 10); found 12 at row 2 of y_train"):
+    with raises_one_line(
+        DataError, "labels must be integers in [0, 10); found 12 at row 2 of y_train"
+    ):
         check_labels(np.array([0, 9, 12, 11]), 10, where="y_train")
     with raises_one_line(DataError, "found 10 at row 1 of y"):
         check_labels(np.array([9, 10]), 10, where="y")
     with raises_one_line(DataError, "found -1 at row 0"):
         check_labels(np.array([-1]), 10, where="y")
-    with raises_one_line(DataError, "integers", "float64"):
-        check_labels(np.array([0.0]), 10, where="y")
+    # One label rule everywhere (as the model's): whole-number floats are labels, 1.5 is not.
+    assert check_labels(np.array([0.0, 2.0]), 10, where="y").dtype == np.int64
+    with raises_one_line(DataError, "found 1.5 at row 1"):
+        check_labels(np.array([0.0, 1.5]), 10, where="y")
+    with raises_one_line(DataError, "integers", "<U1"):
+        check_labels(np.array(["a"]), 10, where="y")
     with raises_one_line(DataError, "1-D"):
         check_labels(np.zeros((2, 1), int), 10, where="y")
 
@@ -588,6 +586,12 @@ def test_check_finite():
 
 
 # --- Preprocessing ---------------------------------------------------------------------------
+
+
+def scale(X_train, *others, method="unit", dtype=np.float32):
+    """Fit a Scaler on X_train and apply it to every array."""
+    scaler = Scaler.fit(X_train, method)
+    return tuple(scaler.transform(X, dtype) for X in (X_train, *others))
 
 
 def test_scale_unit_uint8_divides_by_255():
@@ -686,4 +690,8 @@ def test_datasets_imports_only_errors_from_xpmlp():
         for alias in node.names
     }
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert {name for name in imported if name.startswith("xpmlp")} == {"xpmlp.errors"}
+    # Data loading stands on the lowest layers only: errors, atomic files, IDX and input checks.
+    assert {name for name in imported if name and not name.startswith(("xpmlp", "__"))} >= {"csv"}
+    internal = {name for name in imported if name in ("errors", "files", "idx", "inputs")}
+    assert internal == {"errors", "files", "idx", "inputs"}
+    assert not {name for name in imported if name and name.startswith("xpmlp")}

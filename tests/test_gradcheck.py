@@ -28,7 +28,7 @@ def _model_and_data(
         activation=activation,
         loss=loss,
         dropout=dropout,
-        weight_decay=decay,
+        l2=decay,
         device=backend,
         dtype=dtype,
         seed=2,
@@ -152,15 +152,15 @@ def test_gradcheck_catches_a_wrong_loss_gradient(backend, make_problem, monkeypa
 def test_gradcheck_catches_a_bias_gradient_over_the_wrong_axis(make_problem, monkeypatch):
     # Bug: the bias gradient summed over features (axis 1) instead of samples (axis 0). With
     # as many samples as units the shapes agree, so only the values can give it away.
-    original = MLP._backward
+    original = MLP.backward
 
-    def backward_with_bias_over_axis_1(self, grad_out, caches):
-        grads = original(self, grad_out, caches)
+    def backward_with_bias_over_axis_1(self, grad_out, records):
+        grads = original(self, grad_out, records)
         last = self.n_layers - 1
         grads[f"layers.{last}.bias"] = self.xp.sum(grad_out, axis=1)
         return grads
 
-    monkeypatch.setattr(MLP, "_backward", backward_with_bias_over_axis_1)
+    monkeypatch.setattr(MLP, "backward", backward_with_bias_over_axis_1)
     model = MLP([3, 4, 3], activation="tanh", loss="mse", dtype="float64", seed=0)
     X, y = make_problem(n=3, n_in=3, n_out=3, loss="mse")
     _, grads = model.loss_and_grads(X, y)

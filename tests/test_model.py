@@ -57,7 +57,7 @@ def _torch_loss_and_grads(model: MLP, X: np.ndarray, y: np.ndarray, masks: list)
     else:
         loss = torch.nn.MSELoss(reduction="mean")(z, torch.tensor(y, dtype=torch.float64))
     for i in range(model.n_layers):
-        loss = loss + model.weight_decay / 2 * torch.sum(params[f"layers.{i}.weight"] ** 2)
+        loss = loss + model.l2 / 2 * torch.sum(params[f"layers.{i}.weight"] ** 2)
     loss.backward()
     return loss.item(), {name: p.grad.numpy() for name, p in params.items()}
 
@@ -80,7 +80,7 @@ def test_gradients_equal_torch_autograd(backend, make_problem, activation, loss,
         activation=activation,
         loss=loss,
         dropout=dropout,
-        weight_decay=decay,
+        l2=decay,
         device=backend,
         dtype="float64",
         seed=11,
@@ -177,7 +177,7 @@ def test_hand_worked_network_cross_entropy(backend):
 def test_weight_decay_penalises_weights_not_biases(backend):
     model, X = _two_two_two(backend, "float64", "mse")
     decayed, _ = _two_two_two(backend, "float64", "mse")
-    decayed.weight_decay = 0.5
+    decayed.l2 = 0.5
     target = np.array([[3.0, -1.0]])
     _, grads = model.loss_and_grads(X, target)
     loss_wd, grads_wd = decayed.loss_and_grads(X, target)
@@ -330,7 +330,7 @@ def test_to_moves_params_and_results_agree(backend, dtype):
 
 
 def test_config_round_trip(backend):
-    model = MLP([3, 4, 2], activation="gelu", loss="mse", dropout=0.1, weight_decay=0.01, seed=5)
+    model = MLP([3, 4, 2], activation="gelu", loss="mse", dropout=0.1, l2=0.01, seed=5)
     clone = MLP.from_config(model.config(), device=backend, dtype="float64")
     assert clone.config() == {**model.config(), "dtype": "float64"}
     assert clone.backend == backend
@@ -471,7 +471,7 @@ def test_mse_with_one_output_accepts_flat_targets(backend):
         ({"loss": "hinge"}, "unknown loss 'hinge'"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\); got 1.0"),
         ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
-        ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
+        ({"l2": -1e-4}, "l2 must be >= 0"),
         ({"init": "xavier"}, "init must be auto, he or glorot; got 'xavier'"),
         ({"dtype": "float16"}, "dtype must be one of float32, float64; got 'float16'"),
     ],

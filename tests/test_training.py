@@ -166,7 +166,7 @@ def test_regression_history_has_no_accuracy(backend, make_problem):
 
 def test_evaluate_matches_a_direct_computation(backend, make_problem):
     X, y = make_problem(n=23, n_in=3, n_out=3)
-    model = MLP([3, 5, 3], weight_decay=0.1, device=backend, dtype="float64")
+    model = MLP([3, 5, 3], l2=0.1, device=backend, dtype="float64")
     logits = to_numpy(model.forward(X))
     logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
     loss = -np.mean(logp[np.arange(23), y])  # no weight-decay term: that is a training matter
@@ -274,7 +274,7 @@ def test_huge_learning_rate_raises_and_rolls_back(backend, make_problem, dtype):
     def keep(trainer, record):
         completed[record["epoch"]] = (trainer.model.state_dict(), trainer.optimizer.steps)
 
-    trainer.epochs, trainer.optimizer.lr = 10, 1e30
+    trainer.config = trainer.config.replace(epochs=10, lr=1e30)
     with pytest.raises(NonFiniteError) as info:
         trainer.fit(X, y, callbacks=[keep])
     message = str(info.value)
@@ -325,13 +325,20 @@ def test_train_epoch_on_device_data(backend, make_problem):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"batch_size": 0}, "batch_size must be >= 1 and epochs >= 0"),
-        ({"epochs": -1}, "batch_size must be >= 1 and epochs >= 0"),
-        ({"clip_norm": 0.0}, "clip norm must be > 0"),
-        ({"early_stopping": 0}, "early-stopping patience must be >= 1"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"epochs": -1}, "epochs must be an integer >= 0"),
+        ({"clip_norm": 0.0}, r"clip_norm must be a finite number in \(0, inf\]"),
+        ({"early_stopping": 0}, "early_stopping must be an integer >= 1"),
         ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
         ({"schedule": "linear"}, "unknown schedule 'linear'"),
-        ({"lr": 0.0}, "learning rate must be > 0"),
+        ({"lr": 0.0}, r"lr must be a finite number in \(0, inf\]"),
+        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"warmup_epochs": float("inf")}, "warmup_epochs must be a finite number"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"gamma": -1.0}, "gamma must be a finite number"),
+        ({"weight_decay": -1.0}, "weight_decay must be a finite number"),
+        ({"weight_decay": 0.1}, "weight_decay is AdamW's decoupled decay and adam has none"),
+        ({"nonsense": 1}, "unknown training setting"),
     ],
 )
 def test_invalid_trainer_settings(kwargs, message):

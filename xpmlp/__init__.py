@@ -9,6 +9,7 @@ NumPy on the CPU, CuPy on CUDA GPUs, chosen at run time::
 
 from ._version import __version__
 from .backend import Backend, get_backend, to_numpy
+from .config import DataConfig, TrainConfig
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -18,9 +19,12 @@ from .errors import (
     XpmlpError,
 )
 from .gradcheck import gradcheck
-from .model import MLP
+from .inputs import Scaler
+from .metrics import evaluate
+from .model import MLP, LayerRecord
 from .optim import Schedule, clip_grad_norm, make_optimizer
-from .training import Trainer, evaluate, fit
+from .runs import RunDir, load_model
+from .training import Trainer, fit
 
 __all__ = [
     "__version__",
@@ -28,10 +32,15 @@ __all__ = [
     "Backend",
     "CheckpointError",
     "ConfigError",
+    "DataConfig",
     "DataError",
     "DeviceError",
+    "LayerRecord",
     "NonFiniteError",
+    "RunDir",
+    "Scaler",
     "Schedule",
+    "TrainConfig",
     "Trainer",
     "XpmlpError",
     "clip_grad_norm",
@@ -39,6 +48,7 @@ __all__ = [
     "fit",
     "get_backend",
     "gradcheck",
+    "load_model",
     "make_optimizer",
     "to_numpy",
 ]

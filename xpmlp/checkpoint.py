@@ -2,13 +2,18 @@
 
 Layout of the archive (loaded with ``allow_pickle=False``):
 
-``meta``                 uint8 array: UTF-8 JSON with the format version, model config, run
-                         config, trainer state (epoch, history, optimizer steps, early stopping)
-                         and the RNG description
+``meta``                 uint8 array: UTF-8 JSON with the format version, ``model`` (its
+                         config), ``trainer`` (:meth:`Trainer.state_dict`'s meta: epoch, history,
+                         training config, optimizer steps, early stopping), ``data`` (where the
+                         data came from, when known), ``scaling`` (the scaler's method) and ``rng``
 ``params/<name>``        model parameters, e.g. ``params/layers.0.weight``
 ``optimizer/<name>.<slot>``  optimizer moments, e.g. ``optimizer/layers.0.weight.m``
 ``best/<name>``          best weights so far (early stopping), when kept
 ``scaling/offset``, ``scaling/factor``  input preprocessing: ``X_scaled = (X - offset) / factor``
+
+The groups ``params``, ``optimizer`` and ``best`` are exactly those of :meth:`Trainer.state_dict`.
+Format 1 (xpmlp before the L2 penalty was named ``l2``) still loads, for evaluation and
+prediction; resuming it is refused with one line.
 
 Writes are atomic: a temporary file in the same directory, fsync, then rename, so a crash at
 any moment leaves either the previous checkpoint or the new one, never half of one.
@@ -26,7 +31,8 @@ import numpy as np
 from .errors import CheckpointError
 from .files import write_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 _NAME = re.compile(r"^checkpoint-epoch-(\d+)\.npz$")
 
 
@@ -82,10 +88,14 @@ def load(path) -> dict:
         meta = json.loads(flat.pop("meta").tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} has a corrupt meta entry: {exc}") from None
-    if meta.get("format") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
+        found = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(
-            f"{path} has checkpoint format {meta.get('format')}; expected {FORMAT_VERSION}"
+            f"{path} has checkpoint format {found}; this xpmlp reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}"
         )
+    if meta["format"] == 1:
+        meta = _upgrade_format_1(meta)
     result: dict = {
         "meta": meta,
         "path": path,
@@ -100,6 +110,14 @@ def load(path) -> dict:
             result["best"] = {}
         result.setdefault(group, {})[name] = value
     return result
+
+
+def _upgrade_format_1(meta: dict) -> dict:
+    """Format 1 named the model's L2 penalty ``weight_decay``; it kept no training config."""
+    model = dict(meta.get("model") or {})
+    if "weight_decay" in model:
+        model["l2"] = model.pop("weight_decay")
+    return {**meta, "model": model}
 
 
 def resolve(path) -> Path:

@@ -2,30 +2,41 @@
 
 Every user error (bad flag, file, shape, label, NaN) ends as one line on stderr and exit
 status 2; Ctrl-C during training writes a checkpoint of the last completed epoch and exits 130.
+The settings and their defaults are :class:`~xpmlp.config.TrainConfig`'s, :class:`DataConfig`'s
+and :class:`~xpmlp.model.MLP`'s; the run directory is :class:`~xpmlp.runs.RunDir`.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, datasets, reporting
+from . import datasets, reporting
 from ._version import __version__
 from .backend import get_backend, to_numpy
-from .errors import ConfigError, DataError, XpmlpError
+from .config import DataConfig, TrainConfig
+from .errors import CheckpointError, ConfigError, DataError, XpmlpError
 from .files import write_atomic
+from .inputs import Scaler, check_finite, check_labels, check_rows
+from .metrics import evaluate
 from .model import MLP
 from .ops import ACTIVATIONS
 from .optim import OPTIMIZERS, SCHEDULES
-from .training import Trainer, evaluate
+from .runs import RunDir, load_model, trainer_state
+from .training import RESUMABLE, Trainer, resume_from, train_in_run
 
-BUILTIN = ("fashion-mnist", "mnist")
+DEFAULT_HIDDEN = (300, 300)
+MODEL_FLAGS = ("hidden", "activation", "dropout", "dtype", "l2")
+TRAIN_FLAGS = tuple(f for f in TrainConfig().to_dict() if f != "shuffle")
+DATA_FLAGS = ("dataset", "test_dataset", "data_dir", "label_column", "scaling", "val_fraction")
+# Flags a resumed run may change; every other explicit flag must match the run's setting.
+RESUME_FLAGS = (*RESUMABLE, "data_dir", "no_download", "device", "quiet", "resume", "out")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +65,25 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+def _defaults() -> dict:
+    """Every train flag's default, from the one place it is defined."""
+    model = {name: p.default for name, p in inspect.signature(MLP).parameters.items()}
+    return {
+        **TrainConfig().to_dict(), **DataConfig().to_dict(),
+        **{name: model[name] for name in ("activation", "dropout", "dtype", "l2")},
+        "hidden": ",".join(map(str, DEFAULT_HIDDEN)), "device": "auto",
+    }  # fmt: skip
+
+
+def _add(group, flag: str, help: str, **kwargs) -> None:
+    """A flag whose parsed default is None (so an explicit one can be told apart), with the real
+    default shown in its help."""
+    name = flag.lstrip("-").replace("-", "_")
+    default = _defaults().get(name)
+    shown = f" (default: {default})" if default is not None else ""
+    group.add_argument(flag, default=None, help=help + shown, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="xpmlp", description="Train and use multilayer perceptrons on NumPy or CuPy."
@@ -62,105 +92,53 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    train = commands.add_parser("train", help="train a model", formatter_class=fmt)
+    train = commands.add_parser("train", help="train a model")
     data = train.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        default="fashion-mnist",
-        help="fashion-mnist, mnist, or a .npz (arrays X, y) / .csv file",
-    )
-    data.add_argument("--test-dataset", help="a .npz/.csv test set for --dataset FILE")
-    data.add_argument("--data-dir", help="directory holding the IDX files of a built-in dataset")
-    data.add_argument(
-        "--label-column", default="label", help="label column of a CSV file (name or index)"
-    )
-    data.add_argument(
-        "--scaling",
-        choices=("unit", "standard", "none"),
-        default="unit",
-        help="input scaling, with statistics of the training split",
-    )
-    data.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.0,
-        help="fraction of the training set held out for validation, split with --seed",
-    )
-    data.add_argument(
-        "--no-download", action="store_true", help="never download a built-in dataset"
-    )
+    _add(data, "--dataset", "fashion-mnist, mnist, or a .npz (arrays X, y) / .csv file")
+    _add(data, "--test-dataset", "a .npz/.csv test set for --dataset FILE")
+    _add(data, "--data-dir", "directory holding the IDX files of a built-in dataset")
+    _add(data, "--label-column", "label column of a CSV file (name or index)")
+    _add(data, "--scaling", "input scaling, with statistics of the training split",
+         choices=("unit", "standard", "none"))  # fmt: skip
+    _add(data, "--val-fraction", "fraction of the training set held out for validation, split "
+         "with --seed", type=float)  # fmt: skip
+    _add(data, "--no-download", "never download a built-in dataset", action="store_true")
     model = train.add_argument_group("model")
-    model.add_argument(
-        "--hidden", type=_hidden, default=[300, 300], help="hidden layer sizes, e.g. 300,300"
-    )
-    model.add_argument(
-        "--activation", choices=tuple(ACTIVATIONS), default="relu", help="hidden-layer activation"
-    )
-    model.add_argument("--dropout", type=float, default=0.0, help="dropout rate on hidden layers")
-    model.add_argument(
-        "--dtype",
-        choices=("float32", "float64"),
-        default="float32",
-        help="floating-point precision",
-    )
+    _add(model, "--hidden", "hidden layer sizes, e.g. 300,300", type=_hidden)
+    _add(model, "--activation", "hidden-layer activation", choices=tuple(ACTIVATIONS))
+    _add(model, "--dropout", "dropout rate on hidden layers", type=float)
+    _add(model, "--dtype", "floating-point precision", choices=("float32", "float64"))
+    _add(model, "--l2", "L2 penalty l2/2 * sum(W**2) on the weights, in the loss", type=float)
     optim = train.add_argument_group("optimization")
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="update rule")
-    optim.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    optim.add_argument("--momentum", type=float, default=0.9, help="for momentum and nesterov")
-    optim.add_argument(
-        "--weight-decay",
-        type=float,
-        default=0.0,
-        help="decoupled decay for adamw; an L2 penalty in the loss otherwise",
-    )
-    optim.add_argument(
-        "--schedule", choices=SCHEDULES, default="constant", help="learning-rate schedule"
-    )
-    optim.add_argument(
-        "--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up"
-    )
-    optim.add_argument(
-        "--step-epochs", type=_positive_int, default=10, help="step schedule: decay every N epochs"
-    )
-    optim.add_argument("--gamma", type=float, default=0.1, help="step schedule: decay factor")
-    optim.add_argument(
-        "--clip-norm", type=float, default=None, help="clip gradients to this global norm"
-    )
-    optim.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size")
-    optim.add_argument(
-        "--epochs", type=_positive_int, default=None, help="number of epochs (default 10)"
-    )
-    optim.add_argument(
-        "--early-stopping",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="stop after N epochs without a better validation loss; restore the best weights",
-    )
-    optim.add_argument(
-        "--seed", type=int, default=0, help="seeds weights, split, batch order and dropout"
-    )
+    _add(optim, "--optimizer", "update rule", choices=OPTIMIZERS)
+    _add(optim, "--lr", "learning rate", type=float)
+    _add(optim, "--momentum", "for momentum and nesterov", type=float)
+    _add(optim, "--weight-decay", "AdamW's decoupled weight decay (adamw only; see --l2)",
+         type=float)  # fmt: skip
+    _add(optim, "--schedule", "learning-rate schedule", choices=SCHEDULES)
+    _add(optim, "--warmup-epochs", "linear learning-rate warm-up", type=float)
+    _add(optim, "--step-epochs", "step schedule: decay every N epochs", type=_positive_int)
+    _add(optim, "--gamma", "step schedule: decay factor", type=float)
+    _add(optim, "--clip-norm", "clip gradients to this global norm", type=float)
+    _add(optim, "--batch-size", "minibatch size", type=_positive_int)
+    _add(optim, "--epochs", "number of epochs", type=_positive_int)
+    _add(optim, "--early-stopping", "stop after N epochs without a better validation loss; "
+         "restore the best weights", type=_positive_int, metavar="N")  # fmt: skip
+    _add(optim, "--seed", "seeds weights, split, batch order and dropout", type=int)
     run = train.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="cpu, gpu, cuda:N or auto")
-    run.add_argument("--out", help="run directory (default runs/<dataset>-<time>)")
+    _add(run, "--device", "cpu, gpu, cuda:N or auto")
+    _add(run, "--out", "run directory (default runs/<dataset>-<time>)")
+    _add(run, "--checkpoint-every", "write a checkpoint every N epochs (and at the end)",
+         type=_positive_int, metavar="N")  # fmt: skip
+    _add(run, "--keep-checkpoints", "how many checkpoints to keep", type=_positive_int)
+    _add(run, "--overwrite", "replace the run already in --out", action="store_true")
     run.add_argument(
-        "--checkpoint-every",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="write a checkpoint every N epochs (and at the end)",
-    )
-    run.add_argument(
-        "--keep-checkpoints", type=_positive_int, default=3, help="how many checkpoints to keep"
-    )
-    run.add_argument(
-        "--resume",
-        nargs="?",
-        const="",
-        metavar="DIR|FILE",
-        help="continue from the newest checkpoint in DIR (default: --out) or from FILE",
-    )
-    run.add_argument("--quiet", action="store_true", help="no progress output")
+        "--resume", nargs="?", const="", metavar="DIR",
+        help="continue the run in DIR (default: --out) from its newest checkpoint; only "
+        f"--{', --'.join(f.replace('_', '-') for f in RESUMABLE)}, --device and --data-dir may "
+        "change",
+    )  # fmt: skip
+    _add(run, "--quiet", "no progress output", action="store_true")
 
     evaluate_cmd = commands.add_parser(
         "evaluate", help="evaluate a checkpoint", formatter_class=fmt
@@ -193,204 +171,173 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- data
 
 
-def _load_split_data(source: str, args):
-    """Host arrays (X_train, y_train, X_test, y_test, n_classes, description)."""
-    if source in BUILTIN:
-        data = datasets.load_dataset(source, data_dir=args.data_dir, download=not args.no_download)
-        return data.X_train, data.y_train, data.X_test, data.y_test, data.n_classes, data.source
-    X, y = datasets.load_arrays(source, label_column=_label_column(args.label_column))
+def _label_column(text):
+    return int(text) if isinstance(text, str) and text.lstrip("-").isdigit() else text
+
+
+def _load_data(data: DataConfig):
+    """Host arrays (X_train, y_train, X_test, y_test, n_classes, description), checked."""
+    if data.builtin:
+        found = datasets.load_dataset(data.dataset, data_dir=data.data_dir, download=data.download)
+        return (found.X_train, found.y_train, found.X_test, found.y_test, found.n_classes,
+                found.source)  # fmt: skip
+    column = _label_column(data.label_column)
+    X, y = datasets.load_arrays(data.dataset, label_column=column)
     X_test = y_test = None
-    if getattr(args, "test_dataset", None):
-        X_test, y_test = datasets.load_arrays(
-            args.test_dataset, label_column=_label_column(args.label_column)
-        )
+    if data.test_dataset:
+        X_test, y_test = datasets.load_arrays(data.test_dataset, label_column=column)
+        if X_test.shape[1] != X.shape[1]:
+            raise DataError(
+                f"the test data has {X_test.shape[1]} features; the training data has {X.shape[1]}"
+            )
     n_classes = int(max(y.max(initial=0), -1 if y_test is None else y_test.max(initial=0))) + 1
-    return X, y, X_test, y_test, n_classes, source
+    return X, y, X_test, y_test, n_classes, data.dataset
 
 
-def _label_column(text: str):
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
-def _prepare_training_data(args, seed: int):
-    X, y, X_test, y_test, n_classes, source = _load_split_data(args.dataset, args)
-    for name, features, labels in (("training", X, y), ("test", X_test, y_test)):
-        if features is not None:
-            datasets.check_finite(features, where=f"the {name} data")
-            datasets.check_labels(labels, n_classes, where=f"the {name} labels")
-            if len(features) != len(labels):
-                raise DataError(
-                    f"the {name} data has {len(features)} rows but {len(labels)} labels"
-                )
-    if X_test is not None and X_test.shape[1] != X.shape[1]:
-        raise DataError(
-            f"the test data has {X_test.shape[1]} features; the training data has {X.shape[1]}"
-        )
-    X_train, y_train, X_val, y_val = datasets.train_val_split(X, y, args.val_fraction, seed=seed)
-    offset, factor = datasets.scaling_stats(X_train, args.scaling)
+def _prepare(data: DataConfig, *, seed: int, dtype: str, scaler: Scaler | None):
+    """Scaled (X, y) pairs for train / val / test, the scaler, n_classes and the source."""
+    X, y, X_test, y_test, n_classes, source = _load_data(data)
+    X_train, y_train, X_val, y_val = datasets.train_val_split(X, y, data.val_fraction, seed=seed)
+    if len(X_train) == 0:
+        raise DataError(f"the training split of {source} is empty")
+    scaler = scaler or Scaler.fit(X_train, data.scaling)
     prepared = {
-        "train": (datasets.apply_scaling(X_train, offset, factor, args.dtype), y_train),
-        "val": (datasets.apply_scaling(X_val, offset, factor, args.dtype), y_val)
-        if len(X_val)
-        else None,
-        "test": (datasets.apply_scaling(X_test, offset, factor, args.dtype), y_test)
-        if X_test is not None
-        else None,
+        "train": (scaler.transform(X_train, dtype), y_train),
+        "val": (scaler.transform(X_val, dtype), y_val) if len(X_val) else None,
+        "test": (scaler.transform(X_test, dtype), y_test) if X_test is not None else None,
     }
-    scaling = {
-        "offset": np.broadcast_to(offset, X.shape[1:]).copy(),
-        "factor": np.broadcast_to(factor, X.shape[1:]).copy(),
-    }
-    return prepared, scaling, n_classes, source
+    return prepared, scaler, n_classes, source
 
 
 # ---------------------------------------------------------------------- train
 
 
-def _run_settings(args) -> dict:
-    return {
-        "dataset": args.dataset, "test_dataset": args.test_dataset, "data_dir": args.data_dir,
-        "label_column": args.label_column, "scaling": args.scaling, "val_fraction": args.val_fraction,
-        "hidden": args.hidden, "activation": args.activation, "dropout": args.dropout, "dtype": args.dtype,
-        "optimizer": args.optimizer, "lr": args.lr, "momentum": args.momentum,
-        "weight_decay": args.weight_decay, "schedule": args.schedule, "warmup_epochs": args.warmup_epochs,
-        "step_epochs": args.step_epochs, "gamma": args.gamma, "clip_norm": args.clip_norm,
-        "batch_size": args.batch_size, "epochs": args.epochs or 10, "early_stopping": args.early_stopping,
-        "seed": args.seed, "checkpoint_every": args.checkpoint_every,
-        "keep_checkpoints": args.keep_checkpoints,
-    }  # fmt: skip
+def _explicit(args) -> dict:
+    """The train flags given on the command line (parsed defaults are None)."""
+    return {k: v for k, v in vars(args).items() if v is not None and k != "command"}
 
 
-def _restore_settings(args, saved: dict) -> None:
-    """On resume the checkpoint's settings win, except the run length and where it runs."""
-    epochs = args.epochs
-    for key, value in saved.items():
-        setattr(args, key, value)
-    if epochs is not None:
-        args.epochs = epochs
+def _new_run(flags: dict):
+    """Settings of a new run from the flags: (TrainConfig, DataConfig, model settings)."""
+    defaults = _defaults()
+    train = TrainConfig(**{k: flags[k] for k in TRAIN_FLAGS if k in flags})
+    data = DataConfig(**{k: flags[k] for k in DATA_FLAGS if k in flags},
+                      download=not flags.get("no_download", False)).absolute()  # fmt: skip
+    model = {k: flags.get(k, defaults[k]) for k in ("activation", "dropout", "dtype", "l2")}
+    model["hidden"] = list(flags.get("hidden", DEFAULT_HIDDEN))
+    return train, data, model
 
 
-def _versions(backend) -> dict:
-    versions = {"xpmlp": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for name in ("array_api_compat", "cupy", "torch", "array_api_strict"):
-        module = sys.modules.get(name)
-        if module is not None:
-            versions[name] = getattr(module, "__version__", "?")
-    return versions
+def _resumed_run(flags: dict, ckpt: dict):
+    """Settings of a resumed run: the checkpoint's, with the few flags that may change applied;
+    any other explicit flag that differs from the run's setting is refused."""
+    state = trainer_state(ckpt)
+    meta = ckpt["meta"]
+    try:
+        train = TrainConfig.from_dict(state["meta"]["config"])
+        data = DataConfig.from_dict(meta.get("data") or {})
+        model = dict(meta["model"])
+        saved = {**train.to_dict(), **data.to_dict(), **model,
+                 "hidden": list(model["layer_sizes"][1:-1]), "no_download": not data.download}  # fmt: skip
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt['path']} has malformed settings ({exc})") from None
+    for name, value in flags.items():
+        if name in RESUME_FLAGS or name not in saved:
+            continue
+        if name in ("dataset", "test_dataset"):
+            value = DataConfig(**{name: value}).absolute().to_dict()[name]
+        if value != saved[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {value} differs from the resumed run's {saved[name]}; a resumed run keeps "
+                f"its settings (only --{', --'.join(f.replace('_', '-') for f in RESUMABLE)}, "
+                "--device and --data-dir may change)"
+            )
+    train = train.replace(**{k: flags[k] for k in RESUMABLE if k in flags})
+    data = data.replace(
+        data_dir=flags.get("data_dir", data.data_dir),
+        download=not flags.get("no_download", not data.download),
+    ).absolute()
+    return train, data, model
 
 
 def cmd_train(args) -> int:
-    resumed = None
+    flags = _explicit(args)
+    ckpt = None
     if args.resume is not None:
         where = args.resume or args.out
         if not where:
-            raise ConfigError("--resume needs a run directory or checkpoint file (or --out)")
-        resumed = checkpoint.load(where)
-        _restore_settings(args, resumed["meta"]["run"])
-        if args.out is None:
-            path = Path(resumed["path"]).parent
-            args.out = str(path.parent if path.name == "checkpoints" else path)
-    settings = _run_settings(args)
-    out = Path(args.out or f"runs/{Path(args.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    backend = get_backend(args.device)
-    data, scaling, n_classes, source = _prepare_training_data(args, settings["seed"])
-    X_train, y_train = data["train"]
-    l2 = settings["weight_decay"] if settings["optimizer"] != "adamw" else 0.0
-    model = MLP(
-        [X_train.shape[1], *settings["hidden"], n_classes], activation=settings["activation"],
-        dropout=settings["dropout"], weight_decay=l2, device=backend, dtype=settings["dtype"],
-        seed=settings["seed"],
-    )  # fmt: skip
-    trainer = Trainer(
-        model, optimizer=settings["optimizer"], lr=settings["lr"], momentum=settings["momentum"],
-        weight_decay=settings["weight_decay"] if settings["optimizer"] == "adamw" else 0.0,
-        batch_size=settings["batch_size"], epochs=settings["epochs"], schedule=settings["schedule"],
-        warmup_epochs=settings["warmup_epochs"], step_epochs=settings["step_epochs"],
-        gamma=settings["gamma"], clip_norm=settings["clip_norm"],
-        early_stopping=settings["early_stopping"], seed=settings["seed"],
-    )  # fmt: skip
-    if resumed is not None:
-        trainer.load_state_dict(_trainer_state(resumed))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
-    reporting.write_json(out / "config.json", {
-        "settings": settings, "model": model.config(), "device": backend.spec,
-        "device_name": backend.device_name(), "data_source": source, "n_train": len(y_train),
-        "versions": _versions(backend), "resumed_from": str(resumed["path"]) if resumed else None,
-    })  # fmt: skip
-    reporting.write_metrics(out / "metrics.jsonl", trainer.history)
-    progress = reporting.Progress(settings["epochs"], quiet=args.quiet)
-    progress.message(
-        f"training {model} on {len(y_train):,} samples from {source}; run directory {out}"
-    )
-    run = _RunFiles(out, settings, model, scaling)
+            raise ConfigError("--resume needs a run directory (or --out)")
+        if args.out and args.resume and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs")
+        if Path(where).is_file():
+            raise ConfigError(f"--resume takes a run directory; {where} is a file")
+        run = RunDir(where).open()
+        ckpt = run.load_latest()
+        if ckpt is None:
+            raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
+        train, data, model_config = _resumed_run(flags, ckpt)
+    else:
+        train, data, model_settings = _new_run(flags)
+        name = Path(data.dataset).stem
+        run = RunDir(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run.check_new(overwrite=bool(args.overwrite))
+    with run:
+        backend = get_backend(args.device or "auto")
+        dtype = ckpt["meta"]["model"]["dtype"] if ckpt else model_settings["dtype"]
+        saved_scaler = None
+        if ckpt is not None and ckpt["scaling"]:
+            saved_scaler = Scaler.from_state_dict(ckpt["scaling"], ckpt["meta"].get("scaling"))
+        prepared, scaler, n_classes, source = _prepare(data, seed=train.seed, dtype=dtype,
+                                                       scaler=saved_scaler)  # fmt: skip
+        X_train, y_train = prepared["train"]
+        if ckpt is None:
+            model = MLP([X_train.shape[1], *model_settings.pop("hidden"), n_classes],
+                        device=backend, seed=train.seed, **model_settings)  # fmt: skip
+            run.create(overwrite=bool(args.overwrite))
+        else:
+            model = MLP.from_config(model_config, device=backend)
+            sizes = model.layer_sizes
+            if (sizes[0], sizes[-1]) != (X_train.shape[1], n_classes):
+                raise DataError(f"{source} has {X_train.shape[1]} features and {n_classes} "
+                                f"classes; the run's model has {sizes[0]} and {sizes[-1]}")  # fmt: skip
+        trainer = Trainer(model, train)
+        if ckpt is not None:
+            resume_from(trainer, ckpt)
+            if trainer.done:
+                how = "stopped early" if trainer.stopped_early else "finished"
+                print(f"the run in {run.path} has {how} at epoch {trainer.epoch}; nothing to do "
+                      "(pass a larger --epochs to extend it)")  # fmt: skip
+                return 0
+        return _train(trainer, run, prepared, scaler, data, source, quiet=bool(args.quiet))
 
-    def after_epoch(trainer, record):
-        progress.on_epoch(record)
-        last = trainer.epoch >= trainer.epochs or trainer.stop_requested
-        if record["epoch"] % settings["checkpoint_every"] == 0 or last:
-            run.save(trainer)
-        reporting.append_metrics(out / "metrics.jsonl", record)
 
+def _train(trainer, run, prepared, scaler, data, source, *, quiet: bool) -> int:
+    X_train, y_train = prepared["train"]
+    progress = reporting.Progress(trainer.epochs, quiet=quiet)
+    progress.message(f"training {trainer.model} on {len(y_train):,} samples from {source}; "
+                     f"run directory {run.path}")  # fmt: skip
     try:
-        trainer.fit(X_train, y_train, validation_data=data["val"], test_data=data["test"],
-                    callbacks=[after_epoch], on_batch=progress.on_batch)  # fmt: skip
+        train_in_run(
+            trainer, run, X_train, y_train, validation_data=prepared["val"],
+            test_data=prepared["test"], scaler=scaler, data=data.to_dict(),
+            info={"data_source": source, "n_train": len(y_train)},
+            callbacks=[lambda trainer, record: progress.on_epoch(record)],
+            on_batch=progress.on_batch, notify=progress.message,
+        )  # fmt: skip
     except KeyboardInterrupt:
         progress.close()
-        path = run.save(trainer)
-        print(f"xpmlp: interrupted; saved epoch {trainer.epoch} to {path}; continue with --resume {out}",
+        print(f"xpmlp: interrupted; saved epoch {trainer.epoch}; continue with --resume {run.path}",
               file=sys.stderr)  # fmt: skip
         return 130
     finally:
         progress.close()
-    if not reporting.plot_curves(trainer.history, out / "curves.png"):
-        progress.message(
-            "matplotlib is not installed: curves.png skipped (pip install 'xpmlp[plot]')"
-        )
-    _print_summary(trainer.history, out)
+    _print_summary(trainer, run.path)
     return 0
 
 
-def _trainer_state(resumed: dict) -> dict:
-    return {
-        "meta": resumed["meta"]["trainer"],
-        "params": resumed["params"],
-        "optimizer": resumed["optimizer"],
-        "best_params": resumed["best"],
-    }
-
-
-class _RunFiles:
-    """Writes checkpoints of one run directory."""
-
-    def __init__(self, out: Path, settings: dict, model: MLP, scaling: dict):
-        self.out, self.settings, self.model, self.scaling = out, settings, model, scaling
-
-    def save(self, trainer: Trainer) -> Path:
-        state = trainer.state_dict()
-        meta = {
-            "model": self.model.config(),
-            "run": self.settings,
-            "trainer": state["meta"],
-            "rng": {"seed": self.settings["seed"],
-                    "streams": "numpy.random.default_rng([seed, purpose, epoch]); resumes at epoch "
-                               f"{trainer.epoch}"},
-        }  # fmt: skip
-        arrays = {"params": state["params"], "optimizer": state["optimizer"],
-                  "best": state["best_params"], "scaling": self.scaling}  # fmt: skip
-        folder = self.out / "checkpoints"
-        path = checkpoint.save(
-            folder / checkpoint.checkpoint_name(trainer.epoch), meta=meta, arrays=arrays
-        )
-        checkpoint.prune(folder, self.settings["keep_checkpoints"])
-        return path
-
-
-def _print_summary(history: list[dict], out: Path) -> None:
-    if not history:
-        print(f"nothing to train: the run in {out} has already reached its last epoch")
-        return
-    last = history[-1]
+def _print_summary(trainer: Trainer, out: Path) -> None:
+    last = trainer.history[-1]
     parts = [
         f"{k} {last[k]:.4f}"
         for k in ("train_accuracy", "val_accuracy", "test_accuracy")
@@ -402,39 +349,28 @@ def _print_summary(history: list[dict], out: Path) -> None:
 # ---------------------------------------------------------------------- evaluate and predict
 
 
-def _model_from_checkpoint(path, device: str):
-    """The model of a checkpoint, with its best weights when the run used early stopping."""
-    ckpt = checkpoint.load(path)
-    model = MLP.from_config(ckpt["meta"]["model"], device=device)
-    model.load_state_dict(ckpt["best"] or ckpt["params"])
-    return model, ckpt
-
-
-def _scale_input(X, ckpt, model, where: str):
-    datasets.check_finite(X, where=where)
+def _scale_input(X, scaler: Scaler | None, model: MLP, where: str):
+    check_finite(X, where=where)
     if X.ndim != 2 or X.shape[1] != model.layer_sizes[0]:
         raise DataError(
             f"{where} has shape {X.shape}; the checkpoint's model expects (n, {model.layer_sizes[0]}) inputs"
         )
-    return datasets.apply_scaling(
-        X, ckpt["scaling"]["offset"], ckpt["scaling"]["factor"], model.dtype_name
-    )
+    if scaler is None:
+        return X.astype(model.dtype_name)
+    return scaler.transform(X, model.dtype_name)
 
 
 def cmd_evaluate(args) -> int:
-    model, ckpt = _model_from_checkpoint(args.checkpoint, args.device)
-    X_train, y_train, X_test, y_test, _, source = _load_split_data(args.dataset, args)
-    if args.dataset in BUILTIN and args.split == "test":
-        X, y = X_test, y_test
-    else:
-        X, y = X_train, y_train
-    X = _scale_input(X, ckpt, model, where=f"{args.dataset}")
-    datasets.check_labels(y, model.n_outputs, where=f"the labels of {args.dataset}")
+    model, scaler, ckpt = load_model(args.checkpoint, device=get_backend(args.device))
+    data = DataConfig(dataset=args.dataset, data_dir=args.data_dir, label_column=args.label_column,
+                      download=not args.no_download)  # fmt: skip
+    X_train, y_train, X_test, y_test, _, source = _load_data(data)
+    X, y = (X_test, y_test) if data.builtin and args.split == "test" else (X_train, y_train)
+    check_rows(X, y, where=args.dataset)
+    X = _scale_input(X, scaler, model, where=f"{args.dataset}")
+    y = check_labels(y, model.n_outputs, where=f"the labels of {args.dataset}")
     metrics = evaluate(model, X, y)
-    predicted = to_numpy(model.predict(X))
-    k = model.n_outputs
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y, predicted), 1)
+    confusion = metrics["confusion_matrix"]
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     result = {
         "checkpoint": str(ckpt["path"]), "dataset": args.dataset, "samples": len(y),
@@ -455,7 +391,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    model, ckpt = _model_from_checkpoint(args.checkpoint, args.device)
+    model, scaler, _ = load_model(args.checkpoint, device=get_backend(args.device))
     path = Path(args.input)
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")
@@ -468,7 +404,7 @@ def cmd_predict(args) -> int:
             X = archive["X"]
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
-    X = _scale_input(X, ckpt, model, where=str(path))
+    X = _scale_input(X, scaler, model, where=str(path))
     probabilities = to_numpy(model.predict_proba(X))
     labels = probabilities.argmax(axis=1)
     if args.output:

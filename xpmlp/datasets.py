@@ -7,37 +7,25 @@ is wrong and where.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import gzip
 import hashlib
 import http.client
 import logging
-import math
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from xpmlp.errors import ConfigError, DataError
+from .errors import ConfigError, DataError
+from .files import write_atomic
+from .idx import read_idx
+from .inputs import check_finite, check_labels, check_rows, first_nonfinite_row
 
 log = logging.getLogger(__name__)
-
-# IDX type code -> on-disk dtype (IDX stores every multi-byte value big-endian).
-IDX_DTYPES = {
-    0x08: np.dtype("u1"),
-    0x09: np.dtype("i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
 
 # The four files of each built-in dataset, in the order (train X, train y, test X, test y).
 FILENAMES = (
@@ -79,100 +67,6 @@ SHA256 = {
 APT_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
 SYSTEM_DATA_DIRS = ("/usr/share/datasets",)
 DOWNLOAD_TIMEOUT_S = 30.0
-MAX_LABEL = 2**31 - 1  # user labels beyond this are surely a mistake
-
-
-# --- IDX files ------------------------------------------------------------------------------
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzip-compressed or raw.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The file. It is decompressed if it starts with the gzip magic or its name ends in ``.gz``.
-
-    Returns
-    -------
-    array of shape dims
-        A writable array in native byte order with the shape stored in the header, e.g.
-        ``(60000, 28, 28)`` uint8 for MNIST images.
-
-    Raises
-    ------
-    DataError
-        If the file cannot be read, the gzip stream is corrupt, the header is invalid, or the
-        payload is shorter or longer than the header says.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
-    if data[:2] == b"\x1f\x8b" or str(path).endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DataError(f"corrupt gzip stream in {path}: {err}") from None
-    return _parse_idx(data, path)
-
-
-def _parse_idx(data: bytes, path) -> np.ndarray:
-    if len(data) < 4:
-        raise DataError(f"not an IDX file: {path} has only {len(data)} bytes after decompression")
-    if data[:2] != b"\x00\x00":
-        raise DataError(f"not an IDX file: bad magic 0x{data[:4].hex()} in {path}")
-    code, ndim = data[2], data[3]
-    if code not in IDX_DTYPES:
-        raise DataError(f"unknown IDX dtype code 0x{code:02x} in {path}")
-    if ndim == 0:
-        raise DataError(f"IDX header of {path} declares 0 dimensions; need at least 1")
-    offset = 4 + 4 * ndim
-    if len(data) < offset:
-        raise DataError(f"truncated IDX header in {path}: {len(data)} of {offset} bytes")
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = IDX_DTYPES[code]
-    expected = math.prod(dims) * dtype.itemsize
-    found = len(data) - offset
-    if found != expected:
-        what = "truncated" if found < expected else "trailing bytes in"
-        raise DataError(
-            f"{what} IDX file {path}: header {dims} of {dtype.name} needs {expected} data bytes,"
-            f" found {found}"
-        )
-    flat = np.frombuffer(data, dtype=dtype, offset=offset)
-    return flat.astype(dtype.newbyteorder("=")).reshape(dims)
-
-
-def write_idx(path, array) -> None:
-    """Write an array as an IDX file, gzip-compressed if ``path`` ends in ``.gz``.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Destination file.
-    array : array_like of shape dims
-        At least one dimension; dtype uint8, int8, int16, int32, float32 or float64.
-
-    Raises
-    ------
-    DataError
-        If the array has no dimensions or a dtype IDX cannot store.
-    """
-    array = np.asarray(array)
-    codes = {dtype.newbyteorder("="): code for code, dtype in IDX_DTYPES.items()}
-    code = codes.get(array.dtype.newbyteorder("="))
-    if code is None:
-        names = ", ".join(dtype.newbyteorder("=").name for dtype in IDX_DTYPES.values())
-        raise DataError(f"cannot write dtype {array.dtype} to {path}; IDX stores {names}")
-    if array.ndim == 0:
-        raise DataError(f"cannot write a 0-dimensional array to {path}; IDX needs at least 1")
-    header = bytes([0, 0, code, array.ndim])
-    header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    data = header + array.astype(IDX_DTYPES[code]).tobytes()
-    if str(path).endswith(".gz"):
-        data = gzip.compress(data, mtime=0)
-    Path(path).write_bytes(data)
 
 
 # --- Built-in datasets -----------------------------------------------------------------------
@@ -312,8 +206,8 @@ def _load_pair(images_path: Path, labels_path: Path, n_classes: int):
         raise DataError(
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
         )
-    check_labels(labels, n_classes, where=str(labels_path))
-    return images.reshape(len(images), -1), labels.astype(np.int64)
+    labels = check_labels(labels, n_classes, where=str(labels_path))
+    return images.reshape(len(images), -1), labels
 
 
 def _download(name: str, cache: Path) -> str | None:
@@ -349,25 +243,20 @@ def _fetch_from_mirrors(bases, dest: Path, sha256: str) -> list[str]:
 def _fetch(url: str, dest: Path, sha256: str) -> None:
     """Download `url` to `dest` atomically: no file ever sits under `dest` unverified."""
     log.info("downloading %s", url)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+
+    def download(out) -> None:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
         if digest.hexdigest() != sha256:
             raise DataError(
                 f"SHA-256 mismatch for {dest.name} from {url}: expected {sha256},"
                 f" got {digest.hexdigest()}; the file was not saved"
             )
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+
+    write_atomic(dest, download)
 
 
 def _not_found_message(name: str, places: list[Path], why: str) -> str:
@@ -431,10 +320,9 @@ def _load_npz(path: Path):
         raise DataError(f"y in {path} has shape {y.shape}; expected (n_samples,)")
     if X.dtype.kind not in "biuf":
         raise DataError(f"X in {path} has dtype {X.dtype}; expected numbers")
-    if len(X) != len(y):
-        raise DataError(f"{path} has {len(X)} rows in X but {len(y)} labels in y")
+    check_rows(X, y, where=str(path))
     check_finite(X, where=str(path))
-    return X, _integer_labels(y, lambda i: f"row {i} of {path}")
+    return X, check_labels(y, where=str(path))
 
 
 def _read_npz(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -458,10 +346,10 @@ def _load_csv(path: Path, label_column):
     if len(header) < 2:
         raise DataError(f"{path} has only the label column; it needs feature columns too")
     X = np.delete(table, col, axis=1)
-    bad = _first_nonfinite_row(X)
+    bad = first_nonfinite_row(X)
     if bad is not None:
         raise DataError(f"features must be finite; found {X[bad]} at line {lines[bad]} of {path}")
-    return X, _integer_labels(table[:, col], lambda i: f"line {lines[i]} of {path}")
+    return X, check_labels(table[:, col], locate=lambda i: f"line {lines[i]} of {path}")
 
 
 def _read_csv(path: Path):
@@ -518,153 +406,7 @@ def _column_index(header: list[str], label_column, path: Path) -> int:
     raise ConfigError(f"label_column must be a column name or index; got {label_column!r}")
 
 
-def _integer_labels(y: np.ndarray, locate) -> np.ndarray:
-    """`y` as int64, or a DataError naming (via `locate(i)`) the first bad label."""
-    if y.dtype.kind not in "iuf":
-        raise DataError(f"labels must be integers; found dtype {y.dtype} ({locate(0)})")
-    with np.errstate(invalid="ignore"):
-        bad = ~(y >= 0) | (y > MAX_LABEL) | (y != np.round(y))  # NaN fails y >= 0
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise DataError(f"labels must be integers in [0, {MAX_LABEL}]; found {y[i]} at {locate(i)}")
-    return y.astype(np.int64)
-
-
-# --- Validators ------------------------------------------------------------------------------
-
-
-def check_labels(y, n_classes: int, *, where: str) -> None:
-    """Check that every label is an integer in ``[0, n_classes)``.
-
-    Parameters
-    ----------
-    y : array of shape (n_samples,)
-        Integer labels.
-    n_classes : int
-    where : str
-        Where the labels came from, for the message (a file name, "y_train").
-
-    Raises
-    ------
-    DataError
-        Naming the first bad label and its row, e.g. ``labels must be in [0, 10); found 12 at
-        row 3047 of train-labels-idx1-ubyte.gz``.
-    """
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise DataError(f"labels must be 1-D; found shape {y.shape} in {where}")
-    if y.dtype.kind not in "iu":
-        raise DataError(f"labels must be integers; found dtype {y.dtype} in {where}")
-    bad = (y < 0) | (y >= n_classes)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise DataError(f"labels must be in [0, {n_classes}); found {y[i]} at row {i} of {where}")
-
-
-def check_finite(X, *, where: str) -> None:
-    """Check that every feature value is finite (no NaN, no infinity).
-
-    Parameters
-    ----------
-    X : array of shape (n_samples, ...)
-    where : str
-        Where the features came from, for the message.
-
-    Raises
-    ------
-    DataError
-        Naming the first row with a non-finite value and how many rows have one.
-    """
-    X = np.asarray(X)
-    bad = _first_nonfinite_row(X)
-    if bad is not None:
-        n_bad = int((~np.isfinite(X.reshape(len(X), -1))).any(axis=1).sum())
-        raise DataError(
-            f"features must be finite; found {X[bad]} at row {bad} of {where}"
-            f" ({n_bad} rows affected)"
-        )
-
-
-def _first_nonfinite_row(X: np.ndarray) -> int | None:
-    if X.ndim == 0 or X.size == 0 or X.dtype.kind not in "fc":
-        return None
-    rows = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
-    return int(np.argmax(rows)) if rows.any() else None
-
-
-# --- Preprocessing ---------------------------------------------------------------------------
-
-
-def scale(X_train, *others, method: str = "unit", dtype=np.float32) -> tuple[np.ndarray, ...]:
-    """Scale features with statistics of the training set only.
-
-    ``"unit"`` maps to [0, 1]: uint8 data is divided by 255; other data is min-max scaled per
-    feature with the training set's minimum and maximum (a constant feature maps to 0). Data
-    outside the training range lands outside [0, 1]. ``"standard"`` subtracts the training
-    mean and divides by the training standard deviation per feature (a zero deviation by 1).
-    ``"none"`` only converts the dtype.
-
-    Parameters
-    ----------
-    X_train : array of shape (n_train, n_features)
-    *others : arrays of shape (n_i, n_features)
-        Scaled with the training statistics (validation, test sets).
-    method : {"unit", "standard", "none"}
-    dtype : floating dtype
-        The dtype of the results.
-
-    Returns
-    -------
-    tuple of arrays
-        ``(X_train_scaled, *others_scaled)``, same shapes, dtype `dtype`; a 1-tuple without
-        `others`.
-
-    Raises
-    ------
-    ConfigError
-        If `method` or `dtype` is not one of the above.
-    DataError
-        If the training set is empty or the feature counts differ.
-    """
-    if method not in ("unit", "standard", "none"):
-        raise ConfigError(f"scale method must be 'unit', 'standard' or 'none'; got {method!r}")
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise ConfigError(f"scale dtype must be a floating dtype; got {dtype}")
-    arrays = [np.asarray(X) for X in (X_train, *others)]
-    for i, X in enumerate(arrays[1:], start=1):
-        if X.shape[1:] != arrays[0].shape[1:]:
-            raise DataError(
-                f"array {i} to scale has shape {X.shape}; the training set has {arrays[0].shape}"
-            )
-    offset, factor = scaling_stats(arrays[0], method)
-    return tuple(apply_scaling(X, offset, factor, dtype) for X in arrays)
-
-
-def apply_scaling(X, offset, factor, dtype=np.float32) -> np.ndarray:
-    """``(X - offset) / factor`` in ``dtype``, with statistics from :func:`scaling_stats`."""
-    dtype = np.dtype(dtype)
-    return (np.asarray(X).astype(dtype) - np.asarray(offset, dtype)) / np.asarray(factor, dtype)
-
-
-def scaling_stats(X, method: str):
-    """``(offset, factor)`` from training data such that the scaled data is ``(X - offset) / factor``.
-
-    Kept with a model (in its checkpoint) so new data is scaled exactly like the training set;
-    see :func:`scale` for the methods.
-    """
-    X = np.asarray(X)
-    if method == "none":
-        return 0.0, 1.0
-    if method == "unit" and X.dtype == np.uint8:
-        return 0.0, 255.0
-    if len(X) == 0:
-        raise DataError("cannot compute scaling statistics from an empty training set")
-    if method == "unit":
-        low, high = X.min(axis=0).astype(np.float64), X.max(axis=0).astype(np.float64)
-        return low, np.where(high > low, high - low, 1.0)
-    std = X.std(axis=0, dtype=np.float64)
-    return X.mean(axis=0, dtype=np.float64), np.where(std > 0, std, 1.0)
+# --- Splitting -------------------------------------------------------------------------------
 
 
 def train_val_split(X, y, val_fraction: float, *, seed):
@@ -697,8 +439,7 @@ def train_val_split(X, y, val_fraction: float, *, seed):
     """
     if not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
         raise ConfigError(f"validation fraction must be in [0, 1); got {val_fraction!r}")
-    if len(X) != len(y):
-        raise DataError(f"X has {len(X)} rows but y has {len(y)} labels")
+    check_rows(X, y)
     n_val = int(len(X) * val_fraction)
     order = np.random.default_rng(seed).permutation(len(X))
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])

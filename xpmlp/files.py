@@ -16,6 +16,7 @@ def write_atomic(path, write: Callable, *, mode: str = "wb") -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file follows the umask
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -26,6 +27,12 @@ def write_atomic(path, write: Callable, *, mode: str = "wb") -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

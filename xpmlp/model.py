@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from . import ops, rng
 from .backend import Backend, get_backend, to_numpy
 from .errors import CheckpointError, ConfigError, DataError
+from .inputs import check_labels, check_rows
 
 EVAL_BATCH = 8192
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """What one layer saw and produced in a forward pass (device arrays).
+
+    Attributes
+    ----------
+    inputs : array of shape (n_samples, fan_in)
+        The layer's input: X, or the previous layer's activation after its dropout mask.
+    pre_activation : array of shape (n_samples, fan_out)
+        ``z = inputs @ W + b``; for the output layer, the network's raw outputs.
+    activation : array of shape (n_samples, fan_out), or None for the output layer
+        ``f(z)`` before dropout.
+    mask : array of shape (n_samples, fan_out), or None
+        The inverted-dropout multipliers applied to ``activation``.
+    """
+
+    inputs: Any
+    pre_activation: Any
+    activation: Any = None
+    mask: Any = None
 
 
 class MLP:
@@ -26,9 +51,9 @@ class MLP:
         ``cross_entropy`` (softmax output, integer labels) or ``mse`` (identity output).
     dropout : float
         Inverted-dropout rate on every hidden layer's output, in [0, 1).
-    weight_decay : float
-        L2 penalty ``weight_decay / 2 * sum(W**2)`` over weight matrices (not biases), added to
-        the loss. For decoupled decay use the ``adamw`` optimizer instead.
+    l2 : float
+        L2 penalty ``l2 / 2 * sum(W**2)`` over weight matrices (not biases), added to the loss.
+        For decoupled weight decay use the ``adamw`` optimizer's ``weight_decay`` instead.
     init : str
         ``auto`` (He for ReLU-like, Glorot otherwise), ``he`` or ``glorot``.
     device : str or Backend
@@ -47,7 +72,7 @@ class MLP:
         activation: str = "relu",
         loss: str = "cross_entropy",
         dropout: float = 0.0,
-        weight_decay: float = 0.0,
+        l2: float = 0.0,
         init: str = "auto",
         device: str | Backend = "cpu",
         dtype: str = "float32",
@@ -59,12 +84,12 @@ class MLP:
         self._loss = ops.get_loss(loss)
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1); got {dropout}")
-        if weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0; got {weight_decay}")
+        if not 0.0 <= l2 < np.inf:
+            raise ConfigError(f"l2 must be >= 0 and finite; got {l2}")
         if init not in ("auto", "he", "glorot"):
             raise ConfigError(f"init must be auto, he or glorot; got {init!r}")
         self.dropout = float(dropout)
-        self.weight_decay = float(weight_decay)
+        self.l2 = float(l2)
         self.init = init
         self.seed = int(seed)
         self.backend = get_backend(device)
@@ -108,7 +133,7 @@ class MLP:
             "activation": self.activation.name,
             "loss": self.loss_name,
             "dropout": self.dropout,
-            "weight_decay": self.weight_decay,
+            "l2": self.l2,
             "init": self.init,
             "dtype": self.dtype_name,
             "seed": self.seed,
@@ -116,6 +141,7 @@ class MLP:
 
     @classmethod
     def from_config(cls, config: dict, *, device: str | Backend = "cpu", dtype: str | None = None):
+        """Rebuild a model from :meth:`config` (fresh weights; load them with :meth:`load_state_dict`)."""
         kwargs = dict(config)
         sizes = kwargs.pop("layer_sizes")
         if dtype is not None:
@@ -172,7 +198,7 @@ class MLP:
             if len(y.shape) != 1:
                 raise DataError(f"labels must have shape (n_samples,); got {tuple(y.shape)}")
             if isinstance(y, np.ndarray):  # device labels are not read back to be checked
-                _check_labels(y, self.n_outputs)
+                y = check_labels(y, self.n_outputs)
             return self._on_device(y, self.xp.int64)
         if len(y.shape) == 1 and self.n_outputs == 1:
             y = y.reshape((-1, 1)) if isinstance(y, np.ndarray) else self.xp.reshape(y, (-1, 1))
@@ -208,38 +234,58 @@ class MLP:
 
     # ------------------------------------------------------------------ forward and backward
 
+    def forward_record(self, X, masks: list | None = None):
+        """Raw outputs (n_samples, n_outputs) and a :class:`LayerRecord` per layer.
+
+        ``masks`` (as from :meth:`sample_masks`) apply dropout; None runs the network without.
+        This is the forward pass that training, evaluation and diagnostics all use.
+        """
+        return self._forward(self.as_input(X), masks)
+
     def _forward(self, X, masks):
-        """Outputs of shape (n, n_outputs) and, per layer, what the backward pass needs."""
         xp, act = self.xp, self.activation
-        caches = []
+        records = []
         a = X
         for i in range(self.n_layers):
             z = a @ self.params[f"layers.{i}.weight"] + self.params[f"layers.{i}.bias"]
             if i == self.n_layers - 1:
-                caches.append((a, None, None, None))
-                return z, caches
+                records.append(LayerRecord(a, z))
+                return z, records
             h = act.forward(xp, z)
             mask = masks[i] if masks else None
-            caches.append((a, z, h, mask))
+            records.append(LayerRecord(a, z, h, mask))
             a = h * mask if mask is not None else h
         raise AssertionError("unreachable")
 
-    def _backward(self, grad_out, caches) -> dict:
+    def backward(self, grad_outputs, records: list[LayerRecord]) -> dict:
+        """Gradients of every parameter (names as :attr:`params`) given dL/d(outputs).
+
+        ``records`` are those :meth:`forward_record` returned for the same batch.
+        """
         xp, act = self.xp, self.activation
         grads = {}
-        delta = grad_out
+        delta = grad_outputs
         for i in reversed(range(self.n_layers)):
-            a_in = caches[i][0]
-            grads[f"layers.{i}.weight"] = a_in.T @ delta
+            grads[f"layers.{i}.weight"] = records[i].inputs.T @ delta
             grads[f"layers.{i}.bias"] = xp.sum(delta, axis=0)  # over samples, not features
             if i == 0:
                 break  # the input's gradient is never needed
             grad_a = delta @ self.params[f"layers.{i}.weight"].T
-            _, z, h, mask = caches[i - 1]
-            if mask is not None:
-                grad_a = grad_a * mask
-            delta = act.backward(xp, z, h, grad_a)
+            below = records[i - 1]
+            if below.mask is not None:
+                grad_a = grad_a * below.mask
+            delta = act.backward(xp, below.pre_activation, below.activation, grad_a)
         return {name: grads[name] for name in self.params}
+
+    def output_loss(self, outputs, targets):
+        """Batch-mean loss of raw ``outputs`` against :meth:`targets` (no L2 term), and dL/doutputs.
+
+        Returns
+        -------
+        loss : 0-d array
+        grad_outputs : array of shape (n_samples, n_outputs)
+        """
+        return self._loss(self.xp, outputs, targets)
 
     def forward(self, X, *, train: bool = False, masks: list | None = None):
         """Raw outputs (logits for cross-entropy), shape (n_samples, n_outputs).
@@ -266,13 +312,12 @@ class MLP:
         Returns
         -------
         loss : 0-d array
-            Batch-mean loss, plus ``weight_decay / 2 * sum(W**2)`` when weight decay is set.
+            Batch-mean loss, plus ``l2 / 2 * sum(W**2)`` when the L2 penalty is set.
         grads : dict
             Same names and shapes as :attr:`params`.
         """
         X, y = self.as_input(X), self.as_target(y)
-        if X.shape[0] != y.shape[0]:
-            raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+        check_rows(X, y)
         if self.dropout and masks is None:
             masks = self.sample_masks(X.shape[0])
         loss, grads, _ = self.batch_loss_and_grads(X, self.targets(y), masks)
@@ -283,13 +328,13 @@ class MLP:
 
         Returns (loss, grads, outputs); ``outputs`` are the raw network outputs of the batch.
         """
-        outputs, caches = self._forward(X, masks)
-        loss, grad_out = self._loss(self.xp, outputs, targets)
-        grads = self._backward(grad_out, caches)
-        if self.weight_decay:
+        outputs, records = self._forward(X, masks)
+        loss, grad_outputs = self.output_loss(outputs, targets)
+        grads = self.backward(grad_outputs, records)
+        if self.l2:
             loss = loss + self._l2_penalty()
             for name in self._weight_names():
-                grads[name] = grads[name] + self.weight_decay * self.params[name]
+                grads[name] = grads[name] + self.l2 * self.params[name]
         return loss, grads, outputs
 
     def _weight_names(self):
@@ -298,29 +343,32 @@ class MLP:
     def _l2_penalty(self):
         xp = self.xp
         total = sum(xp.sum(self.params[name] * self.params[name]) for name in self._weight_names())
-        return 0.5 * self.weight_decay * total
+        return 0.5 * self.l2 * total
 
     # ------------------------------------------------------------------ prediction
 
-    def _batched_outputs(self, X):
+    def outputs(self, X, *, batch_size: int = EVAL_BATCH):
+        """Raw outputs of the whole of ``X`` (n_samples, n_outputs), computed in chunks, no dropout."""
         X = self.as_input(X)
         n = X.shape[0]
         # X[i:j, :] with j <= n: the standard leaves partial indices and out-of-range stops undefined
         chunks = [
-            self._forward(X[i : min(i + EVAL_BATCH, n), :], None)[0]
-            for i in range(0, n, EVAL_BATCH)
+            self._forward(X[i : min(i + batch_size, n), :], None)[0]
+            for i in range(0, n, batch_size)
         ]
+        if not chunks:
+            return self.xp.zeros((0, self.n_outputs), dtype=self.dtype, device=self.backend.device)
         return chunks[0] if len(chunks) == 1 else self.xp.concat(chunks, axis=0)
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes); cross-entropy models only."""
         if self.loss_name != "cross_entropy":
             raise ConfigError("predict_proba needs a classification model (loss='cross_entropy')")
-        return ops.softmax(self.xp, self._batched_outputs(X))
+        return ops.softmax(self.xp, self.outputs(X))
 
     def predict(self, X):
         """Class labels (n_samples,) for classification; outputs (n_samples, n_outputs) for mse."""
-        outputs = self._batched_outputs(X)
+        outputs = self.outputs(X)
         if self.loss_name == "cross_entropy":
             return self.xp.argmax(outputs, axis=1)
         return outputs
@@ -331,14 +379,6 @@ class MLP:
             f"MLP({sizes}, activation={self.activation.name}, loss={self.loss_name}, "
             f"dtype={self.dtype_name}, device={self.backend.spec})"
         )
-
-
-def _check_labels(y: np.ndarray, n_classes: int) -> None:
-    # A label outside [0, n_classes) would one-hot to a zero row and train on garbage silently.
-    bad = np.flatnonzero((y < 0) | (y >= n_classes) | (y != np.trunc(y)))
-    if bad.size:
-        row = int(bad[0])
-        raise DataError(f"labels must be integers in [0, {n_classes}); found {y[row]} at row {row}")
 
 
 def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:

@@ -80,6 +80,22 @@ class Optimizer:
         """:meth:`update` written into ``param`` and ``slots`` with ``lib``'s ``out=`` ufuncs."""
         raise NotImplementedError
 
+    def snapshot(self) -> dict:
+        """A device-side copy of the state, for :meth:`restore` (cheap: no host transfer)."""
+        slots = {
+            name: {slot: self.xp.asarray(value, copy=True) for slot, value in values.items()}
+            for name, values in self.state.items()
+        }
+        return {"steps": self.steps, "slots": slots}
+
+    def restore(self, snapshot: dict) -> None:
+        """Go back to a :meth:`snapshot` (which stays usable: it is copied again)."""
+        self.steps = snapshot["steps"]
+        self.state = {
+            name: {slot: self.xp.asarray(value, copy=True) for slot, value in values.items()}
+            for name, values in snapshot["slots"].items()
+        }
+
     def state_dict(self) -> dict:
         """``{"steps": int, "slots": {"<param>.<slot>": numpy array}}``."""
         arrays = {
@@ -89,17 +105,44 @@ class Optimizer:
         }
         return {"steps": self.steps, "slots": arrays}
 
-    def load_state_dict(self, state: dict, *, asarray) -> None:
-        """Restore from :meth:`state_dict`; ``asarray`` moves a host array to the device."""
-        self.steps = int(state["steps"])
-        self.state = {}
+    def load_state_dict(self, state: dict, *, asarray, shapes: dict | None = None) -> None:
+        """Restore from :meth:`state_dict`; ``asarray`` moves a host array to the device.
+
+        With ``shapes`` (parameter name -> shape), every slot must belong to a parameter, have
+        its shape, and every parameter must have all slots once any has been stepped.
+        """
+        steps = state["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise CheckpointError(f"optimizer step count must be an integer >= 0; got {steps!r}")
+        loaded: dict[str, dict] = {}
         for key, value in state["slots"].items():
             name, _, slot = key.rpartition(".")
             if slot not in self.slots:
                 raise CheckpointError(
                     f"optimizer state has slot {slot!r} that {type(self).__name__} does not use"
                 )
-            self.state.setdefault(name, {})[slot] = asarray(value)
+            if shapes is not None and tuple(value.shape) != tuple(shapes.get(name, ())):
+                expected = shapes.get(name)
+                raise CheckpointError(
+                    f"optimizer slot {key} has shape {tuple(value.shape)}; "
+                    + (
+                        f"{name} has shape {tuple(expected)}"
+                        if expected
+                        else f"there is no parameter {name}"
+                    )
+                )
+            loaded.setdefault(name, {})[slot] = value
+        if shapes is not None and steps and self.slots:
+            incomplete = [n for n in shapes if set(loaded.get(n, {})) != set(self.slots)]
+            if incomplete:
+                raise CheckpointError(
+                    f"optimizer state after {steps} steps lacks {'/'.join(self.slots)} of "
+                    f"{incomplete[0]}; the checkpoint is incomplete"
+                )
+        self.steps = steps
+        self.state = {
+            name: {s: asarray(v) for s, v in slots.items()} for name, slots in loaded.items()
+        }
 
 
 class SGD(Optimizer):

@@ -15,44 +15,18 @@ import numpy as np
 
 from . import rng
 from .backend import to_numpy
-from .errors import ConfigError, DataError, NonFiniteError
-from .model import EVAL_BATCH, MLP
+from .checkpoint import checkpoint_name
+from .config import TrainConfig
+from .diagnostics import diagnose_nonfinite
+from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
+from .inputs import Scaler, check_rows
+from .metrics import correct_count, evaluate, zero
+from .model import MLP
 from .optim import Optimizer, Schedule, clip_grad_norm, make_optimizer
+from .runs import RunDir, trainer_state
 
-
-def evaluate(model: MLP, X, y, *, batch_size: int = EVAL_BATCH) -> dict:
-    """Mean loss (without the weight-decay term) and, for classifiers, accuracy on (X, y).
-
-    Returns
-    -------
-    dict with ``loss`` (float) and ``accuracy`` (float, or None for mse models)
-    """
-    X, y = model.as_input(X), model.as_target(y)
-    xp = model.xp
-    loss_sum, correct = _zero(model), _zero(model)
-    for start in range(0, X.shape[0], batch_size):
-        # The standard leaves slices that run past the end undefined.
-        stop = min(start + batch_size, X.shape[0])
-        Xb, yb = X[start:stop, ...], y[start:stop, ...]
-        outputs = model._forward(Xb, None)[0]
-        loss, _ = model._loss(xp, outputs, model.targets(yb))
-        loss_sum = loss_sum + loss * Xb.shape[0]
-        correct = correct + _correct(model, outputs, yb)
-    n = X.shape[0]
-    loss_sum, correct = float(to_numpy(loss_sum)), float(to_numpy(correct))
-    accuracy = correct / n if model.loss_name == "cross_entropy" else None
-    return {"loss": loss_sum / n, "accuracy": accuracy}
-
-
-def _zero(model):
-    return model.xp.zeros((), dtype=model.dtype, device=model.backend.device)
-
-
-def _correct(model, outputs, labels):
-    if model.loss_name != "cross_entropy":
-        return _zero(model)
-    xp = model.xp
-    return xp.sum(xp.astype(xp.argmax(outputs, axis=1) == labels, model.dtype))
+# Settings that may change when a run is resumed: how long it runs and how it is checkpointed.
+RESUMABLE = ("epochs", "checkpoint_every", "keep_checkpoints")
 
 
 class Trainer:
@@ -61,77 +35,47 @@ class Trainer:
     Parameters
     ----------
     model : MLP
-    optimizer : str
-        sgd, momentum, nesterov, adam or adamw.
-    lr, momentum, weight_decay : float
-        ``weight_decay`` here is AdamW's decoupled decay; the L2 penalty belongs to the model.
-    batch_size, epochs : int
-    schedule : str
-        constant, step or cosine (see :class:`xpmlp.optim.Schedule`), with ``warmup_epochs``,
-        ``step_epochs`` and ``gamma``.
-    clip_norm : float or None
-        Clip gradients to this global L2 norm.
-    early_stopping : int or None
-        Patience in epochs on the validation loss (training loss without validation data);
-        when it runs out, training stops and the best weights are restored.
-    seed : int
-        Seeds batch order and dropout masks (together with the epoch number).
+    config : TrainConfig, optional
+        Every training setting; see :class:`xpmlp.config.TrainConfig`.
+    **settings
+        TrainConfig fields given as keywords, alone or to override ``config``'s.
     """
 
-    def __init__(
-        self,
-        model: MLP,
-        *,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        batch_size: int = 128,
-        epochs: int = 10,
-        schedule: str = "constant",
-        warmup_epochs: float = 0.0,
-        step_epochs: int = 10,
-        gamma: float = 0.1,
-        clip_norm: float | None = None,
-        early_stopping: int | None = None,
-        seed: int = 0,
-        shuffle: bool = True,
-    ):
-        if batch_size < 1 or epochs < 0:
-            raise ConfigError(
-                f"batch_size must be >= 1 and epochs >= 0; got {batch_size}, {epochs}"
-            )
-        if clip_norm is not None and not clip_norm > 0:
-            raise ConfigError(f"clip norm must be > 0; got {clip_norm}")
-        if early_stopping is not None and early_stopping < 1:
-            raise ConfigError(f"early-stopping patience must be >= 1; got {early_stopping}")
+    def __init__(self, model: MLP, config: TrainConfig | None = None, **settings):
+        try:
+            config = (config or TrainConfig()).replace(**settings)
+        except TypeError as exc:
+            raise ConfigError(f"unknown training setting: {exc}") from None
         self.model = model
+        self.config = config
         self.optimizer: Optimizer = make_optimizer(
-            optimizer, model.xp, lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
-        self.settings = dict(
-            optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay,
-            batch_size=batch_size, epochs=epochs, schedule=schedule, warmup_epochs=warmup_epochs,
-            step_epochs=step_epochs, gamma=gamma, clip_norm=clip_norm,
-            early_stopping=early_stopping, seed=seed, shuffle=shuffle,
+            config.optimizer, model.xp, lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay,
         )  # fmt: skip
-        self.batch_size, self.epochs, self.seed = batch_size, epochs, seed
-        self.clip_norm, self.patience, self.shuffle = clip_norm, early_stopping, shuffle
-        self._schedule_args = dict(
-            kind=schedule, epochs=epochs, warmup_epochs=warmup_epochs,
-            step_epochs=step_epochs, gamma=gamma,
-        )  # fmt: skip
-        Schedule(lr, **self._schedule_args)  # validate now, not at the first epoch
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
         self.best = {"value": math.inf, "epoch": 0, "params": None, "wait": 0}
+        self.stopped_early = False
         self.stop_requested = False
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has reached its last epoch or stopped early."""
+        return self.epoch >= self.config.epochs or self.stopped_early
 
     # ------------------------------------------------------------------ one epoch
 
     def schedule_for(self, n_samples: int) -> Schedule:
-        steps = math.ceil(n_samples / self.batch_size)
-        return Schedule(self.optimizer.lr, steps_per_epoch=steps, **self._schedule_args)
+        c = self.config
+        return Schedule(
+            c.lr, c.schedule, steps_per_epoch=math.ceil(n_samples / c.batch_size),
+            epochs=c.epochs, step_epochs=c.step_epochs, gamma=c.gamma,
+            warmup_epochs=c.warmup_epochs,
+        )  # fmt: skip
 
     def batches(self, X, y):
         """The current epoch's batches, gathered on the device from a device copy of its order.
@@ -143,11 +87,12 @@ class Trainer:
         n = X.shape[0]
         schedule = self.schedule_for(n)
         first_step = self.epoch * schedule.steps_per_epoch
-        order = rng.batch_order(n, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
+        seed, size = self.config.seed, self.config.batch_size
+        order = rng.batch_order(n, seed=seed, epoch=self.epoch, shuffle=self.config.shuffle)
         order = model.backend.asarray(order)
-        masks_rng = rng.dropout_generator(self.seed, self.epoch)
+        masks_rng = rng.dropout_generator(seed, self.epoch)
         for step in range(schedule.steps_per_epoch):
-            index = order[step * self.batch_size : min((step + 1) * self.batch_size, n)]
+            index = order[step * size : min((step + 1) * size, n)]
             Xb, yb = xp.take(X, index, axis=0), xp.take(y, index, axis=0)
             masks = model.sample_masks(index.shape[0], masks_rng)
             yield step, Xb, yb, masks, schedule(first_step + step)
@@ -163,12 +108,12 @@ class Trainer:
         if n == 0:
             raise DataError("the training set is empty")
         total_steps = self.schedule_for(n).steps_per_epoch
-        loss_sum, correct = _zero(model), _zero(model)
+        loss_sum, correct = zero(model), zero(model)
         start_time = time.perf_counter()
         for step, Xb, yb, masks, lr in self.batches(X, y):
             loss, outputs = self.train_step(Xb, yb, masks, lr=lr)
             loss_sum = loss_sum + loss * Xb.shape[0]
-            correct = correct + _correct(model, outputs, yb)
+            correct = correct + correct_count(model, outputs, yb)
             if on_batch is not None:
                 on_batch(step + 1, total_steps)
         loss_sum, correct = float(to_numpy(loss_sum)), float(to_numpy(correct))  # the one sync
@@ -189,8 +134,8 @@ class Trainer:
         return loss, outputs
 
     def apply_gradients(self, grads: dict, *, lr: float) -> None:
-        if self.clip_norm is not None:
-            clip_grad_norm(self.model.xp, grads, self.clip_norm)
+        if self.config.clip_norm is not None:
+            clip_grad_norm(self.model.xp, grads, self.config.clip_norm)
         self.optimizer.step(self.model.params, grads, lr=lr)
 
     # ------------------------------------------------------------------ the run
@@ -208,12 +153,12 @@ class Trainer:
         """Train from the current epoch up to ``epochs``; returns the whole history.
 
         ``callbacks(trainer, record)`` run after every epoch (checkpoints, logging); one may set
-        ``trainer.stop_requested`` to end the run after that epoch.
+        ``trainer.stop_requested`` to end the run after that epoch. An interrupt (Ctrl-C) at any
+        moment of an epoch, evaluation included, leaves the trainer at the last completed epoch.
         """
         model = self.model
         X, y = model.as_input(X), model.as_target(y)
-        if X.shape[0] != y.shape[0]:
-            raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+        check_rows(X, y)
         if X.shape[0] == 0:
             raise DataError("the training set is empty")
         validation_data = self._on_device(validation_data)
@@ -223,23 +168,23 @@ class Trainer:
         # repeat it once per step.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             self._run_epochs(X, y, validation_data, test_data, callbacks, on_batch)
-        if self.patience is not None and self.best["params"] is not None:
+        if self.config.early_stopping is not None and self.best["params"] is not None:
             model.load_state_dict(self.best["params"])
         return self.history
 
     def _run_epochs(self, X, y, validation_data, test_data, callbacks, on_batch) -> None:
-        while self.epoch < self.epochs and not self.stop_requested:
+        while not self.done and not self.stop_requested:
             good = self.snapshot()
             try:
                 record = {"epoch": self.epoch + 1, **self.train_epoch(X, y, on_batch=on_batch)}
+                if not math.isfinite(record["train_loss"]):
+                    self.restore(good)
+                    raise NonFiniteError(self.diagnose_nonfinite(X, y))
+                record.update(self._evaluate("val", validation_data))
+                record.update(self._evaluate("test", test_data))
             except KeyboardInterrupt:
                 self.restore(good)  # back to the last completed epoch, which can be resumed exactly
                 raise
-            if not math.isfinite(record["train_loss"]):
-                self.restore(good)
-                raise NonFiniteError(self.diagnose_nonfinite(X, y))
-            record.update(self._evaluate("val", validation_data))
-            record.update(self._evaluate("test", test_data))
             self.epoch += 1
             self.history.append(record)
             self._early_stopping(record)
@@ -250,7 +195,9 @@ class Trainer:
         if data is None:
             return None
         X, y = data
-        return self.model.as_input(X), self.model.as_target(y)
+        X, y = self.model.as_input(X), self.model.as_target(y)
+        check_rows(X, y)
+        return X, y
 
     def _evaluate(self, prefix: str, data) -> dict:
         if data is None:
@@ -259,7 +206,7 @@ class Trainer:
         return {f"{prefix}_loss": metrics["loss"], f"{prefix}_accuracy": metrics["accuracy"]}
 
     def _early_stopping(self, record: dict) -> None:
-        if self.patience is None:
+        if self.config.early_stopping is None:
             return
         value = record["val_loss"] if record["val_loss"] is not None else record["train_loss"]
         if value < self.best["value"]:
@@ -268,8 +215,8 @@ class Trainer:
             )
             return
         self.best["wait"] += 1
-        if self.best["wait"] >= self.patience:
-            self.stop_requested = True
+        if self.best["wait"] >= self.config.early_stopping:
+            self.stopped_early = True
             record["early_stopped"] = True
 
     # ------------------------------------------------------------------ state
@@ -279,80 +226,78 @@ class Trainer:
         xp = self.model.xp
         return {
             "params": {k: xp.asarray(v, copy=True) for k, v in self.model.params.items()},
-            "optimizer": {
-                name: {s: xp.asarray(v, copy=True) for s, v in slots.items()}
-                for name, slots in self.optimizer.state.items()
-            },
-            "steps": self.optimizer.steps,
+            "optimizer": self.optimizer.snapshot(),
         }
 
     def restore(self, snap: dict) -> None:
         self.model.params = dict(snap["params"])
-        self.optimizer.state = {name: dict(slots) for name, slots in snap["optimizer"].items()}
-        self.optimizer.steps = snap["steps"]
+        self.optimizer.restore(snap["optimizer"])
 
     def diagnose_nonfinite(self, X, y) -> str:
         """Replay the failed epoch step by step (from the restored state) to say where it broke."""
-        model = self.model
         start = self.snapshot()
-        message = f"loss became non-finite in epoch {self.epoch + 1}"
         try:
-            for step, Xb, yb, masks, lr in self.batches(X, y):
-                loss, grads, _ = model.batch_loss_and_grads(Xb, model.targets(yb), masks)
-                loss = float(to_numpy(loss))
-                where = _first_nonfinite(grads)
-                if where is not None or not math.isfinite(loss):
-                    blame = where or _largest_grad(grads)
-                    return (
-                        f"{message}, step {step + 1} (learning rate {lr:.3g}): loss = {loss:.4g}; "
-                        f"{blame}. Lower the learning rate, or clip gradients (--clip-norm); "
-                        f"the weights are those of the last good epoch"
-                    )
-                self.apply_gradients(grads, lr=lr)
-            return f"{message} (not reproduced on replay); the weights are those of the last good epoch"
+            return diagnose_nonfinite(
+                self.model, self.batches(X, y), self.apply_gradients, epoch=self.epoch + 1
+            )
         finally:
             self.restore(start)
 
     def state_dict(self) -> dict:
-        """Everything needed to resume: JSON-able ``meta`` plus host arrays."""
+        """Everything needed to resume, in the groups a checkpoint stores.
+
+        Returns
+        -------
+        dict
+            ``meta`` (JSON-able: epoch, history, config, early-stopping state, optimizer
+            steps), ``params`` and ``optimizer`` (host arrays, as :meth:`MLP.state_dict` and
+            :meth:`Optimizer.state_dict`) and ``best`` (the best weights so far, or None).
+        """
+        optimizer = self.optimizer.state_dict()
         return {
             "meta": {
                 "epoch": self.epoch,
-                "settings": self.settings,
+                "config": self.config.to_dict(),
                 "history": self.history,
-                "optimizer_steps": self.optimizer.steps,
+                "optimizer_steps": optimizer["steps"],
                 "best": {k: v for k, v in self.best.items() if k != "params"},
+                "stopped_early": self.stopped_early,
             },
             "params": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict()["slots"],
-            "best_params": self.best["params"],
+            "optimizer": optimizer["slots"],
+            "best": self.best["params"],
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (or a checkpoint's groups); a malformed one raises
+        :class:`CheckpointError` and changes nothing."""
         meta = state["meta"]
+        try:
+            epoch, history = meta["epoch"], list(meta["history"])
+            steps, best = meta["optimizer_steps"], dict(meta["best"])
+            stopped = bool(meta.get("stopped_early", False))
+            valid = (
+                isinstance(epoch, int) and epoch >= 0 and {"value", "epoch", "wait"} <= best.keys()
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"the checkpoint's trainer state is malformed ({exc!r})"
+            ) from None
+        if not valid:
+            raise CheckpointError("the checkpoint's trainer state is malformed (epoch or best)")
+        shapes = {name: tuple(value.shape) for name, value in self.model.params.items()}
+        before = self.model.params
         self.model.load_state_dict(state["params"])
         asarray = lambda a: self.model.backend.asarray(a, self.model.dtype, copy=True)  # noqa: E731
-        self.optimizer.load_state_dict(
-            {"steps": meta["optimizer_steps"], "slots": state["optimizer"]}, asarray=asarray
-        )
-        self.epoch = int(meta["epoch"])
-        self.history = list(meta["history"])
-        self.best = {**meta["best"], "params": state.get("best_params")}
-
-
-def _first_nonfinite(grads: dict) -> str | None:
-    """The parameter, in backward order (output layer first), whose gradient first has NaN/inf."""
-    for name in reversed(list(grads)):
-        values = to_numpy(grads[name])
-        if not np.all(np.isfinite(values)):
-            return f"the gradient of {name} is not finite"
-    return None
-
-
-def _largest_grad(grads: dict) -> str:
-    norms = {name: float(np.linalg.norm(to_numpy(g))) for name, g in grads.items()}
-    name = max(norms, key=norms.get)
-    return f"the largest gradient is that of {name} (norm {norms[name]:.3g})"
+        try:
+            self.optimizer.load_state_dict(
+                {"steps": steps, "slots": state["optimizer"]}, asarray=asarray, shapes=shapes
+            )
+        except CheckpointError:
+            self.model.params = before
+            raise
+        self.epoch, self.history, self.stopped_early = epoch, history, stopped
+        self.best = {**best, "params": state.get("best")}
 
 
 def fit(
@@ -360,13 +305,13 @@ def fit(
     X,
     y,
     *,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    batch_size: int = 128,
-    epochs: int = 10,
     validation_data: tuple | None = None,
     test_data: tuple | None = None,
-    seed: int = 0,
+    out=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    scaler: Scaler | None = None,
+    config: TrainConfig | None = None,
     callbacks: Sequence[Callable] = (),
     **settings,
 ) -> list[dict]:
@@ -378,12 +323,23 @@ def fit(
     X : array of shape (n_samples, n_inputs)
     y : array of shape (n_samples,) with integer labels (cross-entropy), or
         (n_samples, n_outputs) targets (mse)
-    optimizer, lr, batch_size, epochs, seed
-        See :class:`Trainer`, which also takes ``momentum``, ``weight_decay``, ``schedule``,
-        ``warmup_epochs``, ``step_epochs``, ``gamma``, ``clip_norm``, ``early_stopping`` and
-        ``shuffle`` as keywords here.
     validation_data, test_data : (X, y) tuples, optional
         Evaluated after every epoch.
+    out : path-like, optional
+        A run directory (see :mod:`xpmlp.runs`): config, metrics, curves and checkpoints are
+        written there, as by ``xpmlp train``.
+    resume : bool
+        Continue the run in ``out`` from its newest checkpoint, bit for bit (a fresh run when it
+        has none, so the call is safe to repeat). The model's config and the training settings
+        must match the run's, except ``epochs``, ``checkpoint_every`` and ``keep_checkpoints``.
+    overwrite : bool
+        Replace a run already in ``out``.
+    scaler : Scaler, optional
+        The scaling already applied to X, saved with the checkpoints.
+    config : TrainConfig, optional
+    **settings
+        :class:`~xpmlp.config.TrainConfig` fields (``optimizer``, ``lr``, ``batch_size``,
+        ``epochs``, ``schedule``, ``seed``, ...), alone or overriding ``config``'s.
 
     Returns
     -------
@@ -392,15 +348,87 @@ def fit(
         ``val_accuracy``, ``test_loss``, ``test_accuracy``, ``lr``, ``seconds`` (training time
         of the epoch, evaluation excluded) and ``samples_per_second``.
     """
-    trainer = Trainer(
-        model,
-        optimizer=optimizer,
-        lr=lr,
-        batch_size=batch_size,
-        epochs=epochs,
-        seed=seed,
-        **settings,
-    )
-    return trainer.fit(
-        X, y, validation_data=validation_data, test_data=test_data, callbacks=callbacks
-    )
+    trainer = Trainer(model, config, **settings)
+    if out is None:
+        return trainer.fit(
+            X, y, validation_data=validation_data, test_data=test_data, callbacks=callbacks
+        )
+    run = RunDir(out)
+    with run.open() if resume and run.path.is_dir() else run.create(overwrite=overwrite):
+        if resume and (ckpt := run.load_latest()) is not None:
+            resume_from(trainer, ckpt)
+        return train_in_run(trainer, run, X, y, validation_data=validation_data,
+                            test_data=test_data, scaler=scaler, callbacks=callbacks)  # fmt: skip
+
+
+def resume_from(trainer: Trainer, ckpt: dict) -> None:
+    """Load a checkpoint into ``trainer``, refusing a model or settings that differ from the run's."""
+    state = trainer_state(ckpt)
+    saved_model, ours = ckpt["meta"].get("model"), trainer.model.config()
+    if saved_model != ours:
+        diff = sorted(k for k in ours if ours.get(k) != (saved_model or {}).get(k))
+        raise ConfigError(
+            f"the model differs from the run's in {ckpt['path']}: {diff[0]} is "
+            f"{ours[diff[0]]!r} here but {(saved_model or {}).get(diff[0])!r} in the run"
+        )
+    conflicts = setting_conflicts(trainer.config, state["meta"].get("config") or {})
+    if conflicts:
+        name, here, there = conflicts[0]
+        raise ConfigError(
+            f"{name} is {here!r} here but {there!r} in the run being resumed; only "
+            f"{', '.join(RESUMABLE)} may change on resume"
+        )
+    trainer.load_state_dict(state)
+
+
+def setting_conflicts(config: TrainConfig, saved: dict) -> list[tuple]:
+    """(name, ours, saved) for each setting that differs from a run's, other than :data:`RESUMABLE`."""
+    ours = config.to_dict()
+    return [
+        (name, ours[name], saved.get(name))
+        for name in ours
+        if name not in RESUMABLE and name in saved and saved[name] != ours[name]
+    ]
+
+
+def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, test_data=None,
+                 scaler: Scaler | None = None, data: dict | None = None, info: dict | None = None,
+                 callbacks: Sequence[Callable] = (), on_batch=None,
+                 notify: Callable[[str], None] | None = None) -> list[dict]:  # fmt: skip
+    """:meth:`Trainer.fit` that leaves a run directory behind: config, metrics, checkpoints, curves.
+
+    A checkpoint of the starting epoch is written first, so the run can always be resumed; then
+    one every ``checkpoint_every`` epochs and at the end. On an interrupt (KeyboardInterrupt)
+    the last completed epoch is saved before the interrupt propagates. ``data`` (where the data
+    came from) goes into the checkpoints, ``info`` into config.json, and ``notify(text)`` hears
+    what the user should know (a skipped plot).
+    """
+    model, config = trainer.model, trainer.config
+
+    def save() -> None:
+        run.save(trainer.state_dict(), model=model, data=data, scaler=scaler,
+                 keep=config.keep_checkpoints)  # fmt: skip
+
+    def after_epoch(trainer: Trainer, record: dict) -> None:
+        if record["epoch"] % config.checkpoint_every == 0 or trainer.done or trainer.stop_requested:
+            save()
+        run.append_metrics(record)
+
+    run.write_config({
+        "train": config.to_dict(), "model": model.config(), "data": data,
+        "scaling": scaler.method if scaler is not None else None, "device": model.backend.spec,
+        "device_name": model.backend.device_name(), **(info or {}),
+    })  # fmt: skip
+    run.write_metrics(trainer.history)
+    latest = run.latest()
+    if latest is None or latest.name != checkpoint_name(trainer.epoch):
+        save()
+    try:
+        trainer.fit(X, y, validation_data=validation_data, test_data=test_data,
+                    callbacks=[after_epoch, *callbacks], on_batch=on_batch)  # fmt: skip
+    except KeyboardInterrupt:
+        save()
+        raise
+    if not run.plot(trainer.history) and notify is not None:
+        notify("matplotlib is not installed: curves.png skipped (pip install 'xpmlp[plot]')")
+    return trainer.history

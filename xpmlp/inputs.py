@@ -1,0 +1,176 @@
+"""Input checks and scaling, in one place: one label rule, one finite check, one row-count check,
+and the :class:`Scaler` that a checkpoint carries so new data is scaled like the training data.
+
+Everything here works on host NumPy arrays and raises :class:`~xpmlp.errors.DataError` with one
+line saying what is wrong and where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import CheckpointError, ConfigError, DataError
+
+MAX_LABEL = 2**31 - 1  # a label beyond this is surely a mistake
+SCALING_METHODS = ("unit", "standard", "none")
+
+
+def check_labels(
+    y, n_classes: int | None = None, *, where: str | None = None, locate=None
+) -> np.ndarray:
+    """The label rule: whole numbers in ``[0, n_classes)`` (``[0, MAX_LABEL]`` without a count).
+
+    Parameters
+    ----------
+    y : array of shape (n_samples,)
+        Integer labels; floats are accepted where every value is a whole number.
+    n_classes : int, optional
+    where : str, optional
+        Where the labels came from, for the message (a file name, ``y_train``).
+    locate : callable, optional
+        ``locate(row) -> str`` names a row (e.g. ``line 12 of data.csv``); overrides ``where``.
+
+    Returns
+    -------
+    array of shape (n_samples,), int64
+
+    Raises
+    ------
+    DataError
+        Naming the first bad label and its row, e.g. ``labels must be integers in [0, 10);
+        found 12 at row 3047 of train-labels-idx1-ubyte.gz``.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(
+            f"labels must be 1-D; found shape {y.shape}" + (f" in {where}" if where else "")
+        )
+    if y.dtype.kind not in "iuf":
+        raise DataError(
+            f"labels must be integers; found dtype {y.dtype}" + (f" in {where}" if where else "")
+        )
+    high = MAX_LABEL + 1 if n_classes is None else n_classes
+    with np.errstate(invalid="ignore"):
+        bad = ~(y >= 0) | ~(y < high) | (y != np.trunc(y))  # NaN fails every comparison
+    if bad.any():
+        row = int(np.argmax(bad))
+        interval = f"[0, {n_classes})" if n_classes is not None else f"[0, {MAX_LABEL}]"
+        place = locate(row) if locate else f"row {row}" + (f" of {where}" if where else "")
+        raise DataError(f"labels must be integers in {interval}; found {y[row]} at {place}")
+    return y.astype(np.int64, copy=False)
+
+
+def check_finite(X, *, where: str) -> None:
+    """Check that every feature value is finite (no NaN, no infinity).
+
+    Raises
+    ------
+    DataError
+        Naming the first row with a non-finite value and how many rows have one.
+    """
+    X = np.asarray(X)
+    row = first_nonfinite_row(X)
+    if row is not None:
+        n_bad = int((~np.isfinite(X.reshape(len(X), -1))).any(axis=1).sum())
+        raise DataError(
+            f"features must be finite; found {X[row]} at row {row} of {where}"
+            f" ({n_bad} rows affected)"
+        )
+
+
+def first_nonfinite_row(X: np.ndarray) -> int | None:
+    if X.ndim == 0 or X.size == 0 or X.dtype.kind not in "fc":
+        return None
+    rows = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
+    return int(np.argmax(rows)) if rows.any() else None
+
+
+def check_rows(X, y, *, where: str | None = None) -> None:
+    """Check that features and labels have the same number of rows."""
+    n_X, n_y = X.shape[0], y.shape[0]
+    if n_X != n_y:
+        place = f"{where}: " if where else ""
+        raise DataError(f"{place}X has {n_X} rows but y has {n_y} labels")
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Feature scaling ``X_scaled = (X - offset) / factor``, with training-set statistics.
+
+    ``unit`` maps to [0, 1]: uint8 data is divided by 255; other data is min-max scaled per
+    feature with the training minimum and maximum (a constant feature maps to 0). ``standard``
+    subtracts the training mean and divides by the training standard deviation (a zero deviation
+    by 1). ``none`` only converts the dtype.
+
+    Attributes
+    ----------
+    method : str
+    offset, factor : arrays of shape (n_features,), float64
+    """
+
+    method: str
+    offset: np.ndarray = field(repr=False)
+    factor: np.ndarray = field(repr=False)
+
+    @classmethod
+    def fit(cls, X_train, method: str = "unit") -> Scaler:
+        """Statistics of ``X_train`` (n_samples, n_features) for ``method``."""
+        if method not in SCALING_METHODS:
+            raise ConfigError(f"scale method must be 'unit', 'standard' or 'none'; got {method!r}")
+        X = np.asarray(X_train)
+        shape = X.shape[1:]
+        if method == "none":
+            offset, factor = 0.0, 1.0
+        elif method == "unit" and X.dtype == np.uint8:
+            offset, factor = 0.0, 255.0
+        elif len(X) == 0:
+            raise DataError("cannot compute scaling statistics from an empty training set")
+        elif method == "unit":
+            low, high = X.min(axis=0).astype(np.float64), X.max(axis=0).astype(np.float64)
+            offset, factor = low, np.where(high > low, high - low, 1.0)
+        else:
+            std = X.std(axis=0, dtype=np.float64)
+            offset, factor = X.mean(axis=0, dtype=np.float64), np.where(std > 0, std, 1.0)
+        return cls(
+            method,
+            np.broadcast_to(np.asarray(offset, np.float64), shape).copy(),
+            np.broadcast_to(np.asarray(factor, np.float64), shape).copy(),
+        )
+
+    @property
+    def n_features(self) -> int:
+        return int(self.offset.size)
+
+    def transform(self, X, dtype=np.float32) -> np.ndarray:
+        """``(X - offset) / factor`` as ``dtype``; X of shape (n_samples, n_features)."""
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise ConfigError(f"scale dtype must be a floating dtype; got {dtype}")
+        X = np.asarray(X)
+        if X.shape[1:] != self.offset.shape:
+            raise DataError(
+                f"data to scale has shape {X.shape}; the scaler was fitted on "
+                f"(n, {', '.join(map(str, self.offset.shape))}) data"
+            )
+        return (X.astype(dtype) - self.offset.astype(dtype)) / self.factor.astype(dtype)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The arrays a checkpoint stores (``scaling/offset``, ``scaling/factor``)."""
+        return {"offset": self.offset, "factor": self.factor}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, method: str = "unknown") -> Scaler:
+        try:
+            offset = np.asarray(state["offset"], np.float64)
+            factor = np.asarray(state["factor"], np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"the checkpoint's scaling is incomplete or not numeric ({exc})"
+            ) from None
+        if offset.shape != factor.shape or not (
+            np.all(np.isfinite(factor)) and np.all(factor != 0)
+        ):
+            raise CheckpointError("the checkpoint's scaling factors are malformed")
+        return cls(method, offset, factor)

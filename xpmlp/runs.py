@@ -1,0 +1,240 @@
+"""Run directories: where a training run keeps what it leaves behind, and how it is resumed.
+
+A run directory holds::
+
+    config.json      every setting (model, training, data), library versions, device
+    metrics.jsonl    one JSON object per epoch
+    curves.png       loss and accuracy per epoch
+    checkpoints/     checkpoint-epoch-NNNN.npz (see xpmlp.checkpoint), the newest few
+    .lock            held (flock) by the one process writing the run
+
+Both ``xpmlp train`` and ``xpmlp.fit(..., out=...)`` write through :class:`RunDir`. A process
+that must not write (a non-zero rank of a distributed run) opens it with ``writer=False``: it
+reads checkpoints like the others, and every write becomes a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint, reporting
+from ._version import __version__
+from .errors import CheckpointError, ConfigError
+from .inputs import Scaler
+from .model import MLP
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, one writer is then the user's business
+    fcntl = None
+
+CONFIG, METRICS, CURVES, CHECKPOINTS, LOCK = (
+    "config.json", "metrics.jsonl", "curves.png", "checkpoints", ".lock",
+)  # fmt: skip
+RUN_ENTRIES = {CONFIG, METRICS, CURVES, CHECKPOINTS, LOCK}
+TRAINER_GROUPS = ("params", "optimizer", "best")  # the groups of Trainer.state_dict()
+
+
+class RunDir:
+    """One run directory; see the module docstring for its layout.
+
+    Parameters
+    ----------
+    path : path-like
+    writer : bool
+        Whether this process writes (and locks) the directory.
+    """
+
+    def __init__(self, path, *, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer
+        self._lock_file = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    # ------------------------------------------------------------------ opening and locking
+
+    def check_new(self, *, overwrite: bool = False) -> None:
+        """Refuse to start a new run over an existing one unless ``overwrite`` (cheap; no writes)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"run directory {self.path} exists and is not a directory")
+        entries = set(os.listdir(self.path)) if self.path.is_dir() else set()
+        if not entries:
+            return
+        if not overwrite:
+            raise ConfigError(
+                f"{self.path} already holds a run; continue it with --resume {self.path} "
+                "(resume=True), or replace it with --overwrite (overwrite=True)"
+            )
+        foreign = sorted(entries - RUN_ENTRIES)
+        if foreign:
+            raise ConfigError(
+                f"{self.path} is not a run directory (it holds {foreign[0]}); "
+                "--overwrite only replaces runs"
+            )
+
+    def create(self, *, overwrite: bool = False) -> RunDir:
+        """Start a new run here: the directory is made, locked, and cleared with ``overwrite``."""
+        self.check_new(overwrite=overwrite)
+        if not self.writer:
+            return self
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock()
+        for name in (CONFIG, METRICS, CURVES):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        self.checkpoints.mkdir()
+        return self
+
+    def open(self) -> RunDir:
+        """Open an existing run to resume it (locked)."""
+        if not self.path.is_dir():
+            raise CheckpointError(f"run directory {self.path} does not exist")
+        if self.writer:
+            self.lock()
+            self.checkpoints.mkdir(exist_ok=True)
+        return self
+
+    def lock(self) -> None:
+        """Take the run's lock, or fail with one line naming the process that holds it."""
+        if fcntl is None or self._lock_file is not None:
+            return
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ConfigError(
+                f"run directory {self.path} is in use by another xpmlp process (pid {holder})"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
+
+    def close(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def latest(self) -> Path | None:
+        return checkpoint.latest(self.checkpoints) if self.checkpoints.is_dir() else None
+
+    def load_latest(self) -> dict | None:
+        """The newest checkpoint (see :func:`xpmlp.checkpoint.load`), or None when there is none."""
+        path = self.latest()
+        return None if path is None else checkpoint.load(path)
+
+    def save(self, state: dict, *, model: MLP, data: dict | None = None,
+             scaler: Scaler | None = None, keep: int = 3) -> Path | None:  # fmt: skip
+        """Write ``state`` (:meth:`Trainer.state_dict`) as the checkpoint of its epoch; prune.
+
+        Returns the path written (None when this process is not the writer).
+        """
+        if not self.writer:
+            return None
+        epoch = state["meta"]["epoch"]
+        meta = {
+            "model": model.config(),
+            "trainer": state["meta"],
+            "data": data,
+            "scaling": scaler.method if scaler is not None else None,
+            "rng": {"seed": state["meta"]["config"]["seed"],
+                    "streams": "numpy.random.default_rng([seed, purpose, epoch]); resumes at "
+                               f"epoch {epoch}"},
+        }  # fmt: skip
+        arrays = {group: state[group] for group in TRAINER_GROUPS}
+        arrays["scaling"] = scaler.state_dict() if scaler is not None else None
+        path = checkpoint.save(
+            self.checkpoints / checkpoint.checkpoint_name(epoch), meta=meta, arrays=arrays
+        )
+        checkpoint.prune(self.checkpoints, keep)
+        return path
+
+    # ------------------------------------------------------------------ metrics, config, curves
+
+    def write_config(self, info: dict) -> None:
+        if self.writer:
+            reporting.write_json(self.path / CONFIG, {**info, "versions": versions()})
+
+    def write_metrics(self, history: list[dict]) -> None:
+        """Rewrite ``metrics.jsonl`` from the whole history (on start and on resume)."""
+        if self.writer:
+            reporting.write_metrics(self.path / METRICS, history)
+
+    def append_metrics(self, record: dict) -> None:
+        if self.writer:
+            reporting.append_metrics(self.path / METRICS, record)
+
+    def plot(self, history: list[dict]) -> bool:
+        """Draw ``curves.png``; False when matplotlib is missing."""
+        return reporting.plot_curves(history, self.path / CURVES) if self.writer else True
+
+
+def trainer_state(ckpt: dict) -> dict:
+    """The :meth:`Trainer.load_state_dict` argument held in a loaded checkpoint."""
+    meta = ckpt["meta"]
+    if meta.get("format") == 1:
+        raise CheckpointError(
+            f"{ckpt['path']} was written by an older xpmlp (checkpoint format 1): it can be "
+            "evaluated and used for predictions, but not resumed; start a new run"
+        )
+    if not isinstance(meta.get("trainer"), dict):
+        raise CheckpointError(f"{ckpt['path']} has no trainer state; it cannot be resumed")
+    return {"meta": meta["trainer"], **{group: ckpt[group] for group in TRAINER_GROUPS}}
+
+
+def load_model(path, *, device="cpu") -> tuple[MLP, Scaler | None, dict]:
+    """The model of a checkpoint file or run directory, with its best weights when the run used
+    early stopping, the scaler its inputs need, and the checkpoint itself.
+    """
+    ckpt = checkpoint.load(path)
+    config = ckpt["meta"].get("model")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{ckpt['path']} has no model config")
+    try:
+        model = MLP.from_config(config, device=device)
+    except (TypeError, KeyError) as exc:
+        raise CheckpointError(f"{ckpt['path']} has a malformed model config ({exc})") from None
+    model.load_state_dict(ckpt["best"] or ckpt["params"])
+    scaler = None
+    if ckpt["scaling"]:
+        scaler = Scaler.from_state_dict(ckpt["scaling"], ckpt["meta"].get("scaling") or "unknown")
+        if scaler.offset.shape not in ((), (model.layer_sizes[0],)):
+            raise CheckpointError(
+                f"{ckpt['path']} scales {scaler.offset.size} features but its model takes "
+                f"{model.layer_sizes[0]}"
+            )
+    return model, scaler, ckpt
+
+
+def versions() -> dict:
+    """Versions of Python, xpmlp and the array libraries this process has imported."""
+    found = {"xpmlp": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for name in ("array_api_compat", "cupy", "torch", "array_api_strict"):
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = getattr(module, "__version__", "?")
+    return found
