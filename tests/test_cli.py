@@ -347,3 +347,57 @@ def test_console_script_is_installed():
         ["xpmlp", "--version"], capture_output=True, text=True, env=env, timeout=60
     )
     assert result.returncode == 0 and result.stdout.startswith("xpmlp ")
+
+
+# ---------------------------------------------------------------------- one vocabulary for a run
+
+
+def test_a_new_run_never_replaces_an_old_one(tmp_path, toy, capsys):
+    assert _train(tmp_path, toy, "--epochs", "1") == 0
+    before = _final_params(tmp_path / "run")
+    _bad(tmp_path, ["train", "--device", "cpu", "--dataset", str(toy[0]), "--out",
+                    str(tmp_path / "run"), "--quiet"], capsys, expect="already holds a run")  # fmt: skip
+    for name, value in _final_params(tmp_path / "run").items():
+        np.testing.assert_array_equal(value, before[name])
+    assert _train(tmp_path, toy, "--epochs", "2", "--seed", "5", "--overwrite") == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["seed"] == 5 and checkpoint.latest(tmp_path / "run").name.endswith(
+        "0002.npz"
+    )
+
+
+def test_resume_refuses_a_changed_setting_and_a_file(tmp_path, toy, capsys):
+    assert _train(tmp_path, toy, "--epochs", "1") == 0
+    run = str(tmp_path / "run")
+    _bad(tmp_path, ["train", "--resume", run, "--lr", "0.5", "--epochs", "2"], capsys,
+         expect="--lr 0.5 differs from the resumed run's 0.001")  # fmt: skip
+    _bad(tmp_path, ["train", "--resume", run, "--hidden", "8"], capsys, expect="--hidden")
+    latest = str(checkpoint.latest(tmp_path / "run"))
+    _bad(tmp_path, ["train", "--resume", latest], capsys, expect="takes a run directory")
+    # The same value as the run's is not a change; --epochs may change.
+    assert main(["train", "--resume", run, "--lr", "0.001", "--epochs", "2", "--quiet"]) == 0
+    assert checkpoint.load(tmp_path / "run")["meta"]["trainer"]["epoch"] == 2
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path, toy, capsys):
+    assert _train(tmp_path, toy, "--epochs", "2") == 0
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
+    assert "finished at epoch 2; nothing to do" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+
+
+def test_l2_is_the_models_and_weight_decay_is_adamws(tmp_path, toy, capsys):
+    assert _train(tmp_path, toy, "--epochs", "1", "--l2", "0.01") == 0
+    assert checkpoint.load(tmp_path / "run")["meta"]["model"]["l2"] == 0.01
+    _bad(tmp_path, ["train", "--weight-decay", "0.01", "--optimizer", "sgd"], capsys, expect="--l2")
+
+
+def test_the_resumed_dataset_path_is_absolute(tmp_path, toy, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--device", "cpu", "--dataset", "toy.npz", "--hidden", "8",
+                 "--epochs", "1", "--out", "run", "--quiet"]) == 0  # fmt: skip
+    monkeypatch.chdir(tmp_path / "run")  # elsewhere: toy.npz is no longer in the working directory
+    assert main(["train", "--resume", ".", "--epochs", "2", "--quiet"]) == 0
+    assert checkpoint.load(tmp_path / "run")["meta"]["data"]["dataset"] == str(tmp_path / "toy.npz")

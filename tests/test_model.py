@@ -480,3 +480,48 @@ def test_invalid_config_raises_config_error(kwargs, message):
     kwargs = {"layer_sizes": [4, 3, 2], **kwargs}
     with pytest.raises(ConfigError, match=message):
         MLP(kwargs.pop("layer_sizes"), **kwargs)
+
+
+# ---------------------------------------------------------------------- the public forward record
+
+
+def test_forward_record_names_what_each_layer_saw(backend):
+    model = MLP([4, 6, 5, 3], activation="tanh", dropout=0.5, device=backend, dtype="float64")
+    X = np.random.default_rng(0).normal(size=(7, 4))
+    masks = model.sample_masks(7, np.random.default_rng(1))
+    outputs, records = model.forward_record(X, masks)
+    assert len(records) == 3
+    host = {name: to_numpy(v) for name, v in model.params.items()}
+    inputs = X
+    for i, record in enumerate(records):
+        np.testing.assert_allclose(to_numpy(record.inputs), inputs, rtol=1e-12)
+        z = inputs @ host[f"layers.{i}.weight"] + host[f"layers.{i}.bias"]
+        np.testing.assert_allclose(to_numpy(record.pre_activation), z, rtol=1e-12)
+        if i == 2:  # the output layer: raw outputs, no activation, no dropout
+            assert record.activation is None and record.mask is None
+            np.testing.assert_array_equal(to_numpy(outputs), to_numpy(record.pre_activation))
+        else:
+            np.testing.assert_allclose(to_numpy(record.activation), np.tanh(z), rtol=1e-12)
+            np.testing.assert_array_equal(to_numpy(record.mask), to_numpy(masks[i]))
+            inputs = np.tanh(z) * to_numpy(masks[i])
+
+
+def test_public_backward_and_output_loss_give_loss_and_grads(backend, make_problem):
+    model = MLP([3, 5, 2], dropout=0.3, device=backend, dtype="float64", seed=2)
+    X, y = make_problem(n=9)
+    masks = model.sample_masks(9, np.random.default_rng(3))
+    loss, grads = model.loss_and_grads(X, y, masks=masks)
+    outputs, records = model.forward_record(X, masks)
+    own_loss, grad_outputs = model.output_loss(outputs, model.targets(model.as_target(y)))
+    own = model.backward(grad_outputs, records)
+    assert float(to_numpy(own_loss)) == float(to_numpy(loss))
+    for name in grads:
+        np.testing.assert_array_equal(to_numpy(own[name]), to_numpy(grads[name]))
+
+
+def test_outputs_are_chunked_without_changing_them(backend):
+    model = MLP([4, 6, 3], device=backend, dtype="float64")
+    X = np.random.default_rng(0).normal(size=(23, 4))
+    whole = to_numpy(model.outputs(X, batch_size=100))
+    np.testing.assert_allclose(to_numpy(model.outputs(X, batch_size=5)), whole, rtol=1e-14)
+    assert tuple(model.outputs(X[:0]).shape) == (0, 3)

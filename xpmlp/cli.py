@@ -273,16 +273,17 @@ def cmd_train(args) -> int:
         if Path(where).is_file():
             raise ConfigError(f"--resume takes a run directory; {where} is a file")
         run = RunDir(where).open()
-        ckpt = run.load_latest()
-        if ckpt is None:
-            raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
-        train, data, model_config = _resumed_run(flags, ckpt)
     else:
         train, data, model_settings = _new_run(flags)
         name = Path(data.dataset).stem
         run = RunDir(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         run.check_new(overwrite=bool(args.overwrite))
     with run:
+        if args.resume is not None:
+            ckpt = run.load_latest()
+            if ckpt is None:
+                raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
+            train, data, model_config = _resumed_run(flags, ckpt)
         backend = get_backend(args.device or "auto")
         dtype = ckpt["meta"]["model"]["dtype"] if ckpt else model_settings["dtype"]
         saved_scaler = None
