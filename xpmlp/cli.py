@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -326,11 +328,11 @@ def _train(trainer, run, prepared, scaler, data, source, *, quiet: bool) -> int:
             callbacks=[lambda trainer, record: progress.on_epoch(record)],
             on_batch=progress.on_batch, notify=progress.message,
         )  # fmt: skip
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         progress.close()
         print(f"xpmlp: interrupted; saved epoch {trainer.epoch}; continue with --resume {run.path}",
               file=sys.stderr)  # fmt: skip
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     finally:
         progress.close()
     _print_summary(trainer, run.path)
@@ -426,9 +428,12 @@ def main(argv=None) -> int:
     except XpmlpError as exc:
         print(f"xpmlp: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `xpmlp predict ... | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as exc:
         print(f"xpmlp: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("xpmlp: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)

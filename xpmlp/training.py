@@ -24,6 +24,7 @@ from .metrics import correct_count, evaluate, zero
 from .model import MLP
 from .optim import Optimizer, Schedule, clip_grad_norm, make_optimizer
 from .runs import RunDir, trainer_state
+from .signals import DeferredStop
 
 # Settings that may change when a run is resumed: how long it runs and how it is checkpointed.
 RESUMABLE = ("epochs", "checkpoint_every", "keep_checkpoints")
@@ -57,6 +58,7 @@ class Trainer:
         self.best = {"value": math.inf, "epoch": 0, "params": None, "wait": 0}
         self.stopped_early = False
         self.stop_requested = False
+        self.stop_signal: DeferredStop | None = None  # checked between steps (see signals.py)
 
     @property
     def epochs(self) -> int:
@@ -116,6 +118,8 @@ class Trainer:
             correct = correct + correct_count(model, outputs, yb)
             if on_batch is not None:
                 on_batch(step + 1, total_steps)
+            if self.stop_signal is not None:
+                self.stop_signal.check()
         loss_sum, correct = float(to_numpy(loss_sum)), float(to_numpy(correct))  # the one sync
         seconds = time.perf_counter() - start_time
         return {
@@ -174,6 +178,8 @@ class Trainer:
 
     def _run_epochs(self, X, y, validation_data, test_data, callbacks, on_batch) -> None:
         while not self.done and not self.stop_requested:
+            if self.stop_signal is not None:
+                self.stop_signal.check()
             good = self.snapshot()
             try:
                 record = {"epoch": self.epoch + 1, **self.train_epoch(X, y, on_batch=on_batch)}
@@ -398,8 +404,9 @@ def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, t
     """:meth:`Trainer.fit` that leaves a run directory behind: config, metrics, checkpoints, curves.
 
     A checkpoint of the starting epoch is written first, so the run can always be resumed; then
-    one every ``checkpoint_every`` epochs and at the end. On an interrupt (KeyboardInterrupt)
-    the last completed epoch is saved before the interrupt propagates. ``data`` (where the data
+    one every ``checkpoint_every`` epochs and at the end. SIGINT and SIGTERM are deferred to the
+    next step boundary (:class:`~xpmlp.signals.DeferredStop`); on an interrupt the last completed
+    epoch is saved before :class:`~xpmlp.signals.Interrupted` propagates. ``data`` (where the data
     came from) goes into the checkpoints, ``info`` into config.json, and ``notify(text)`` hears
     what the user should know (a skipped plot).
     """
@@ -414,21 +421,27 @@ def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, t
             save()
         run.append_metrics(record)
 
-    run.write_config({
-        "train": config.to_dict(), "model": model.config(), "data": data,
-        "scaling": scaler.method if scaler is not None else None, "device": model.backend.spec,
-        "device_name": model.backend.device_name(), **(info or {}),
-    })  # fmt: skip
-    run.write_metrics(trainer.history)
-    latest = run.latest()
-    if latest is None or latest.name != checkpoint_name(trainer.epoch):
-        save()
-    try:
-        trainer.fit(X, y, validation_data=validation_data, test_data=test_data,
-                    callbacks=[after_epoch, *callbacks], on_batch=on_batch)  # fmt: skip
-    except KeyboardInterrupt:
-        save()
-        raise
-    if not run.plot(trainer.history) and notify is not None:
-        notify("matplotlib is not installed: curves.png skipped (pip install 'xpmlp[plot]')")
+    with DeferredStop() as stop:
+        run.write_config({
+            "train": config.to_dict(), "model": model.config(), "data": data,
+            "scaling": scaler.method if scaler is not None else None,
+            "device": model.backend.spec, "device_name": model.backend.device_name(),
+            **(info or {}),
+        })  # fmt: skip
+        run.write_metrics(trainer.history)
+        latest = run.latest()
+        if latest is None or latest.name != checkpoint_name(trainer.epoch):
+            save()
+        trainer.stop_signal = stop
+        try:
+            trainer.fit(X, y, validation_data=validation_data, test_data=test_data,
+                        callbacks=[after_epoch, *callbacks], on_batch=on_batch)  # fmt: skip
+        except KeyboardInterrupt:
+            save()
+            raise
+        finally:
+            trainer.stop_signal = None
+        if not run.plot(trainer.history) and notify is not None:
+            notify("matplotlib is not installed: curves.png skipped (pip install 'xpmlp[plot]')")
+        stop.check()  # a signal during the plot: everything is saved; report the interrupt
     return trainer.history
