@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from xpmlp import datasets
-from xpmlp.datasets import FILENAMES, load_arrays, load_dataset, train_val_split
+from xpmlp.datasets import FILENAMES, load_dataset, train_val_split
 from xpmlp.errors import ConfigError, DataError
 from xpmlp.idx import read_idx, write_idx
 from xpmlp.inputs import Scaler, check_finite, check_labels
+from xpmlp.userdata import load_arrays
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_NATIVE_DTYPES = ["uint8", "int8", "int16", "int32", "float32", "float64"]
@@ -312,8 +313,10 @@ def test_lookup_needs_all_four_files_in_one_place(tmp_path, isolated):
     fake_dataset(tmp_path / "partial")
     (tmp_path / "partial" / FILENAMES[3]).unlink()
     fake_dataset(isolated["system"] / "fashion-mnist", n_train=9)
-    ds = load_dataset("fashion-mnist", data_dir=tmp_path / "partial", download=False)
-    assert len(ds.X_train) == 9
+    # An explicit data directory must hold the dataset: no silent fall back to another copy.
+    with raises_one_line(DataError, "not found in data directory", FILENAMES[3] + " missing"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "partial", download=False)
+    assert len(load_dataset("fashion-mnist", download=False).X_train) == 9  # without it: found
 
 
 def test_load_dataset_bad_arguments(tmp_path):
@@ -681,17 +684,16 @@ def test_train_val_split_edges_and_errors():
 # --- Module boundaries -----------------------------------------------------------------------
 
 
-def test_datasets_imports_only_errors_from_xpmlp():
+def test_datasets_stands_on_the_lowest_layers():
+    # Data loading needs errors, atomic files, IDX and the input checks: nothing above them.
     tree = ast.parse(Path(datasets.__file__).read_text())
-    imported = {
-        alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
+    relative = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level
     }
-    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    # Data loading stands on the lowest layers only: errors, atomic files, IDX and input checks.
-    assert {name for name in imported if name and not name.startswith(("xpmlp", "__"))} >= {"csv"}
-    internal = {name for name in imported if name in ("errors", "files", "idx", "inputs")}
-    assert internal == {"errors", "files", "idx", "inputs"}
-    assert not {name for name in imported if name and name.startswith("xpmlp")}
+    absolute = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and not node.level
+    }
+    assert relative == {"errors", "files", "idx", "inputs"}
+    assert not {name for name in absolute if name and name.startswith("xpmlp")}

@@ -128,8 +128,10 @@ def resolve(path) -> Path:
         if newest is None:
             raise CheckpointError(f"no checkpoint found in {path}")
         return newest
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file")
     return path
 
 
@@ -139,7 +141,9 @@ def latest(directory) -> Path | None:
     for folder in (Path(directory), Path(directory) / "checkpoints"):
         if folder.is_dir():
             candidates += [
-                (int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))
+                (int(m.group(1)), p)
+                for p in folder.iterdir()
+                if (m := _NAME.match(p.name)) and p.is_file()  # a FIFO would hang the reader
             ]
     return max(candidates)[1] if candidates else None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets, reporting
+from . import datasets, reporting, userdata
 from ._version import __version__
 from .backend import get_backend, to_numpy
 from .config import DataConfig, TrainConfig
@@ -184,10 +184,10 @@ def _load_data(data: DataConfig):
         return (found.X_train, found.y_train, found.X_test, found.y_test, found.n_classes,
                 found.source)  # fmt: skip
     column = _label_column(data.label_column)
-    X, y = datasets.load_arrays(data.dataset, label_column=column)
+    X, y = userdata.load_arrays(data.dataset, label_column=column)
     X_test = y_test = None
     if data.test_dataset:
-        X_test, y_test = datasets.load_arrays(data.test_dataset, label_column=column)
+        X_test, y_test = userdata.load_arrays(data.test_dataset, label_column=column)
         if X_test.shape[1] != X.shape[1]:
             raise DataError(
                 f"the test data has {X_test.shape[1]} features; the training data has {X.shape[1]}"

@@ -170,6 +170,10 @@ class DataConfig(_Settings):
 
     def __post_init__(self):
         _choice("scaling", self.scaling, SCALING_METHODS)
+        if self.builtin and self.test_dataset is not None:
+            raise ConfigError(
+                f"--test-dataset is for a file --dataset; {self.dataset} brings its own test set"
+            )
         _number("val_fraction", self.val_fraction, low=0, high=1, open_high=True)
 
     @property

@@ -7,14 +7,12 @@ is wrong and where.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import http.client
 import logging
 import os
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import numpy as np
 from .errors import ConfigError, DataError
 from .files import write_atomic
 from .idx import read_idx
-from .inputs import check_finite, check_labels, check_rows, first_nonfinite_row
+from .inputs import check_labels, check_rows
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +130,9 @@ def load_dataset(name: str, *, data_dir=None, download: bool = True) -> Dataset:
         If the data cannot be found or fetched, or a file is malformed.
     """
     name = _canonical_name(name)
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise DataError(f"data directory {data_dir} does not exist")
-    places = _search_places(name, data_dir)
+    if data_dir is not None:
+        return _load_from(name, Path(data_dir))
+    places = _search_places(name)
     for place in places:
         if files := _find_files(place):
             return _load_files(name, files, source=str(place))
@@ -160,11 +158,30 @@ def _cache_dir(name: str) -> Path:
     return root / "xpmlp" / name
 
 
-def _search_places(name: str, data_dir) -> list[Path]:
+def _load_from(name: str, data_dir: Path) -> Dataset:
+    """An explicit data directory must hold the dataset: no falling back to another copy."""
+    if not data_dir.is_dir():
+        raise DataError(f"data directory {data_dir} does not exist")
+    for place in (data_dir, data_dir / name):
+        if files := _find_files(place):
+            return _load_files(name, files, source=str(place))
+    missing = [f for f in FILENAMES if _find_file(data_dir, f) is None]
+    hint = (
+        f"; or install it with 'apt-get install {APT_PACKAGES[name]}'"
+        if name in APT_PACKAGES
+        else ""
+    )
+    raise DataError(
+        f"{name} not found in data directory {data_dir}: {', '.join(missing)} missing "
+        f"(each gzipped or not; or all four in {data_dir / name}){hint}"
+    )
+
+
+def _search_places(name: str) -> list[Path]:
     places = []
-    for base in (data_dir, os.environ.get("XPMLP_DATA_DIR") or None):
-        if base is not None:
-            places += [Path(base), Path(base) / name]
+    base = os.environ.get("XPMLP_DATA_DIR") or None
+    if base is not None:
+        places += [Path(base), Path(base) / name]
     places.append(_cache_dir(name))
     places += [Path(base) / name for base in SYSTEM_DATA_DIRS]
     return places
@@ -202,6 +219,8 @@ def _load_pair(images_path: Path, labels_path: Path, n_classes: int):
         )
     if labels.ndim != 1:
         raise DataError(f"{labels_path} holds a {labels.ndim}-D array; labels must be 1-D")
+    if len(images) == 0 or images[0].size == 0:
+        raise DataError(f"{images_path} holds no images (shape {images.shape})")
     if len(images) != len(labels):
         raise DataError(
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
@@ -267,143 +286,6 @@ def _not_found_message(name: str, places: list[Path], why: str) -> str:
     ways.append("allow the download" if why == "download disabled" else "retry the download")
     searched = ", ".join(str(place) for place in places)
     return f"{name} not found in {searched}; {why}; {', or '.join(ways)}"
-
-
-# --- User data -------------------------------------------------------------------------------
-
-
-def load_arrays(path, *, label_column="label") -> tuple[np.ndarray, np.ndarray]:
-    """Load features and labels from a ``.npz`` or ``.csv`` file.
-
-    A ``.npz`` file must hold arrays ``X`` and ``y`` (no pickled objects). A ``.csv`` file needs a
-    header row; the label column is chosen by name or integer index, every other column is a
-    feature.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    label_column : str or int
-        CSV only: the label column's header name, or its index (negative counts from the end).
-
-    Returns
-    -------
-    X : array of shape (n_samples, n_features)
-        Finite values; the stored dtype for ``.npz``, float64 for ``.csv``.
-    y : array of shape (n_samples,), int64
-        Non-negative integer labels.
-
-    Raises
-    ------
-    DataError
-        If the file is missing or malformed; the message names the row or line at fault.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no such file: {path}")
-    if path.suffix == ".npz":
-        return _load_npz(path)
-    if path.suffix == ".csv":
-        return _load_csv(path, label_column)
-    raise DataError(f"unsupported file type {path.suffix!r} for {path}; use .npz or .csv")
-
-
-def _load_npz(path: Path):
-    names, arrays = _read_npz(path)
-    for key in ("X", "y"):
-        if key not in arrays:
-            found = ", ".join(names) or "none"
-            raise DataError(f"{path} has no array {key!r} (arrays found: {found})")
-    X, y = arrays["X"], arrays["y"]
-    if X.ndim != 2:
-        raise DataError(f"X in {path} has shape {X.shape}; expected (n_samples, n_features)")
-    if y.ndim != 1:
-        raise DataError(f"y in {path} has shape {y.shape}; expected (n_samples,)")
-    if X.dtype.kind not in "biuf":
-        raise DataError(f"X in {path} has dtype {X.dtype}; expected numbers")
-    check_rows(X, y, where=str(path))
-    check_finite(X, where=str(path))
-    return X, check_labels(y, where=str(path))
-
-
-def _read_npz(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The names of all arrays in the archive, and arrays X and y where present."""
-    try:
-        with path.open("rb") as file:  # np.load leaks the file it opens if the zip is corrupt
-            archive = np.load(file, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise DataError(f"{path} holds a single array; expected .npz arrays X and y")
-            with archive:
-                return archive.files, {key: archive[key] for key in ("X", "y") if key in archive}
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"cannot read {path} as .npz: {err}") from None
-
-
-def _load_csv(path: Path, label_column):
-    header, table, lines = _read_csv(path)
-    col = _column_index(header, label_column, path)
-    if len(header) < 2:
-        raise DataError(f"{path} has only the label column; it needs feature columns too")
-    X = np.delete(table, col, axis=1)
-    bad = first_nonfinite_row(X)
-    if bad is not None:
-        raise DataError(f"features must be finite; found {X[bad]} at line {lines[bad]} of {path}")
-    return X, check_labels(table[:, col], locate=lambda i: f"line {lines[i]} of {path}")
-
-
-def _read_csv(path: Path):
-    """The header, the numeric table (n_rows, n_columns), and each row's line number."""
-    try:
-        with path.open(newline="", encoding="utf-8") as file:
-            reader = csv.reader(file)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path} is empty; expected a header row")
-            rows, lines = [], []
-            for row in reader:
-                if row:  # blank lines are skipped
-                    rows.append(_parse_row(row, header, reader.line_num, path))
-                    lines.append(reader.line_num)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot read {path} as CSV: {err}") from None
-    if not rows:
-        raise DataError(f"{path} has a header but no data rows")
-    return header, np.stack(rows), lines
-
-
-def _parse_row(row: list[str], header: list[str], line: int, path: Path) -> np.ndarray:
-    if len(row) != len(header):
-        raise DataError(
-            f"line {line} of {path} has {len(row)} fields; the header has {len(header)}"
-        )
-    try:
-        return np.asarray(row, dtype=np.float64)
-    except ValueError:
-        pass
-    for name, cell in zip(header, row):
-        try:
-            float(cell)
-        except ValueError:
-            raise DataError(
-                f"non-numeric value {cell!r} at line {line}, column {name!r} of {path}"
-            ) from None
-    return np.asarray([float(cell) for cell in row])
-
-
-def _column_index(header: list[str], label_column, path: Path) -> int:
-    if isinstance(label_column, str):
-        if label_column not in header:
-            shown = ", ".join(header[:5]) + (f", ... ({len(header)} in all)" * (len(header) > 5))
-            raise DataError(f"no column {label_column!r} in {path} (columns: {shown})")
-        return header.index(label_column)
-    if isinstance(label_column, int) and not isinstance(label_column, bool):
-        if not -len(header) <= label_column < len(header):
-            raise DataError(
-                f"label column {label_column} is out of range: {path} has {len(header)} columns"
-            )
-        return label_column % len(header)
-    raise ConfigError(f"label_column must be a column name or index; got {label_column!r}")
 
 
 # --- Splitting -------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ def write_atomic(path, write: Callable, *, mode: str = "wb") -> Path:
     The directory is fsynced too, so the rename itself survives a power loss.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise FileExistsError(f"refusing to replace {path}: it is not a regular file")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file follows the umask

@@ -11,6 +11,10 @@ import numpy as np
 
 from .errors import DataError
 
+# Larger than any IDX dataset, and than half the memory of a small machine: a header claiming
+# more is corrupt or hostile, and is refused before anything is decompressed or allocated.
+MAX_IDX_BYTES = 8 * 2**30
+
 # IDX type code -> on-disk dtype (IDX stores every multi-byte value big-endian).
 IDX_DTYPES = {
     0x08: np.dtype("u1"),
@@ -43,41 +47,57 @@ def read_idx(path) -> np.ndarray:
         payload is shorter or longer than the header says.
     """
     try:
-        data = Path(path).read_bytes()
+        raw = open(path, "rb")
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror or err}") from None
-    if data[:2] == b"\x1f\x8b" or str(path).endswith(".gz"):
+    with raw:
+        compressed = raw.read(2) == b"\x1f\x8b" or str(path).endswith(".gz")
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         try:
-            data = gzip.decompress(data)
+            return _read_idx_stream(stream, path)
         except (OSError, EOFError, zlib.error) as err:
-            raise DataError(f"corrupt gzip stream in {path}: {err}") from None
-    return _parse_idx(data, path)
+            if compressed:
+                raise DataError(f"corrupt gzip stream in {path}: {err}") from None
+            raise DataError(f"cannot read {path}: {err}") from None
 
 
-def _parse_idx(data: bytes, path) -> np.ndarray:
-    if len(data) < 4:
-        raise DataError(f"not an IDX file: {path} has only {len(data)} bytes after decompression")
-    if data[:2] != b"\x00\x00":
-        raise DataError(f"not an IDX file: bad magic 0x{data[:4].hex()} in {path}")
-    code, ndim = data[2], data[3]
+def _read_idx_stream(stream, path) -> np.ndarray:
+    """Header first; the payload is read (and decompressed) only up to the size it declares, and
+    only once that size is known to fit in memory."""
+    head = stream.read(4)
+    if len(head) < 4:
+        raise DataError(f"not an IDX file: {path} has only {len(head)} bytes after decompression")
+    if head[:2] != b"\x00\x00":
+        raise DataError(f"not an IDX file: bad magic 0x{head.hex()} in {path}")
+    code, ndim = head[2], head[3]
     if code not in IDX_DTYPES:
         raise DataError(f"unknown IDX dtype code 0x{code:02x} in {path}")
     if ndim == 0:
         raise DataError(f"IDX header of {path} declares 0 dimensions; need at least 1")
-    offset = 4 + 4 * ndim
-    if len(data) < offset:
-        raise DataError(f"truncated IDX header in {path}: {len(data)} of {offset} bytes")
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    shape_bytes = stream.read(4 * ndim)
+    if len(shape_bytes) < 4 * ndim:
+        raise DataError(
+            f"truncated IDX header in {path}: {4 + len(shape_bytes)} of {4 + 4 * ndim} bytes"
+        )
+    dims = tuple(int.from_bytes(shape_bytes[4 * i : 4 * i + 4], "big") for i in range(ndim))
     dtype = IDX_DTYPES[code]
     expected = math.prod(dims) * dtype.itemsize
-    found = len(data) - offset
+    if expected > MAX_IDX_BYTES:
+        raise DataError(
+            f"IDX header of {path} declares {dims} of {dtype.name}: {expected / 2**30:.3g} GiB, "
+            f"more than the {MAX_IDX_BYTES / 2**30:.3g} GiB an IDX file may hold here"
+        )
+    data = stream.read(expected + 1)  # one byte more tells a longer payload from an exact one
+    found = len(data)
     if found != expected:
         what = "truncated" if found < expected else "trailing bytes in"
+        shown = f"{found}" if found < expected else f"more than {expected}"
         raise DataError(
             f"{what} IDX file {path}: header {dims} of {dtype.name} needs {expected} data bytes,"
-            f" found {found}"
+            f" found {shown}"
         )
-    flat = np.frombuffer(data, dtype=dtype, offset=offset)
+    flat = np.frombuffer(data, dtype=dtype)
     return flat.astype(dtype.newbyteorder("=")).reshape(dims)
 
 

@@ -73,10 +73,12 @@ def check_finite(X, *, where: str) -> None:
     X = np.asarray(X)
     row = first_nonfinite_row(X)
     if row is not None:
-        n_bad = int((~np.isfinite(X.reshape(len(X), -1))).any(axis=1).sum())
+        flat = X.reshape(len(X), -1)
+        column = int(np.argmax(~np.isfinite(flat[row])))
+        n_bad = int((~np.isfinite(flat)).any(axis=1).sum())
         raise DataError(
-            f"features must be finite; found {X[row]} at row {row} of {where}"
-            f" ({n_bad} rows affected)"
+            f"features must be finite; found {flat[row, column]} in column {column} of row {row}"
+            f" of {where} ({n_bad} rows affected)"
         )
 
 
