@@ -401,3 +401,151 @@ def test_the_resumed_dataset_path_is_absolute(tmp_path, toy, monkeypatch):
     monkeypatch.chdir(tmp_path / "run")  # elsewhere: toy.npz is no longer in the working directory
     assert main(["train", "--resume", ".", "--epochs", "2", "--quiet"]) == 0
     assert checkpoint.load(tmp_path / "run")["meta"]["data"]["dataset"] == str(tmp_path / "toy.npz")
+
+
+# ---------------------------------------------------------------------- reliability
+
+
+def test_classes_are_the_distinct_labels_in_their_own_values(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6)).astype(np.float32)
+    raw = np.array([0, 1, 2, 99])[(X @ rng.normal(size=(6, 4))).argmax(axis=1)]
+    np.savez(tmp_path / "d.npz", X=X, y=raw)
+    np.savez(tmp_path / "x.npz", X=X[:20])
+    argv = ["train", "--device", "cpu", "--dataset", str(tmp_path / "d.npz"), "--hidden", "8",
+            "--epochs", "2", "--out", str(tmp_path / "r"), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    ckpt = checkpoint.load(tmp_path / "r")
+    assert (
+        ckpt["meta"]["classes"] == [0, 1, 2, 99] and ckpt["meta"]["model"]["layer_sizes"][-1] == 4
+    )
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "r"), "--dataset", str(tmp_path / "d.npz"),
+                 "--device", "cpu", "--json"]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["classes"] == [0, 1, 2, 99] and np.array(result["confusion_matrix"]).shape == (
+        4,
+        4,
+    )
+    assert main(["predict", str(tmp_path / "r"), str(tmp_path / "x.npz"), "--device", "cpu"]) == 0
+    labels = [int(line) for line in capsys.readouterr().out.split()]
+    assert len(labels) == 20 and set(labels) <= {0, 1, 2, 99}
+    huge = raw.copy()
+    huge[huge == 99] = 2147483646  # a large label is a class like any other
+    np.savez(tmp_path / "huge.npz", X=X, y=huge)
+    assert (
+        main(
+            [
+                *argv[:4],
+                str(tmp_path / "huge.npz"),
+                *argv[5:-3],
+                "--out",
+                str(tmp_path / "h"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    np.savez(tmp_path / "many.npz", X=np.zeros((20001, 2), np.float32), y=np.arange(20001))
+    _bad(tmp_path, [*argv[:4], str(tmp_path / "many.npz"), "--out", str(tmp_path / "m")], capsys,
+         expect="20,001 distinct labels")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        (["--warmup-epochs", "nan"], "warmup_epochs must be a finite number"),
+        (["--warmup-epochs", "inf"], "warmup_epochs must be a finite number"),
+        (["--seed", "-1"], "seed must be an integer >= 0"),
+        (["--hidden", "100000000"], "GiB to train; this machine has"),
+        (["--schedule", "step", "--gamma", "-1"], "gamma must be a finite number"),
+        (["--optimizer", "adamw", "--weight-decay", "-1"], "weight_decay must be a finite number"),
+        (["--lr", "inf"], "lr must be a finite number"),
+        (["--dropout", "nan"], "dropout"),
+        (["--l2", "nan"], "l2 must be >= 0 and finite"),
+    ],
+)
+def test_bad_settings_are_one_line(tmp_path, toy, capsys, extra, expect):
+    _bad(tmp_path, ["train", "--device", "cpu", "--dataset", str(toy[0]), "--out",
+                    str(tmp_path / "r"), "--quiet", *extra], capsys, expect=expect)  # fmt: skip
+    assert not (tmp_path / "r").exists()
+
+
+def test_test_dataset_needs_a_file_dataset(tmp_path, toy, capsys):
+    _bad(tmp_path, ["train", "--dataset", "mnist", "--test-dataset", str(toy[1])], capsys,
+         expect="brings its own test set")  # fmt: skip
+
+
+def test_bad_prediction_inputs_are_one_line(tmp_path, toy, capsys):
+    assert _train(tmp_path, toy, "--epochs", "1") == 0
+    run = str(tmp_path / "run")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.save(tmp_path / "single.npy", np.zeros((3, 12)))
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    np.savez(tmp_path / "zero.npz", X=np.zeros((0, 12), np.float32))
+    np.savez(tmp_path / "text.npz", X=np.array([["a"] * 12]))
+    np.savez(tmp_path / "complex.npz", X=np.ones((2, 12), np.complex64))
+    np.savez(tmp_path / "dates.npz", X=np.zeros((2, 12), "datetime64[s]"))
+    np.savez(tmp_path / "big.npz", X=np.full((2, 12), 1e39))  # finite in float64, not float32
+    for name, expect in [("empty.npz", "cannot read"), ("single.npz", "single array"),
+                         ("zero.npz", "no rows"), ("text.npz", "real numbers"),
+                         ("complex.npz", "real numbers"), ("dates.npz", "real numbers"),
+                         ("big.npz", "after scaling to float32")]:  # fmt: skip
+        _bad(
+            tmp_path,
+            ["predict", run, str(tmp_path / name), "--device", "cpu"],
+            capsys,
+            expect=expect,
+        )
+    np.savez(tmp_path / "noxy.npz", X=np.zeros((0, 12), np.float32), y=np.zeros(0, int))
+    _bad(tmp_path, ["evaluate", run, "--dataset", str(tmp_path / "noxy.npz"), "--device", "cpu"],
+         capsys, expect="no rows")  # fmt: skip
+
+
+def test_predict_warns_about_input_already_scaled(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(200, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 127).astype(int))
+    np.savez(tmp_path / "scaled.npz", X=X[:5] / 255)
+    assert main(["train", "--device", "cpu", "--dataset", str(tmp_path / "d.npz"), "--hidden", "4",
+                 "--epochs", "1", "--out", str(tmp_path / "r"), "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert (
+        main(["predict", str(tmp_path / "r"), str(tmp_path / "scaled.npz"), "--device", "cpu"]) == 0
+    )
+    err = capsys.readouterr().err
+    assert "looks already scaled" in err and len(err.strip().splitlines()) == 1
+
+
+def test_outputs_never_replace_what_is_not_a_regular_file(tmp_path, toy, capsys):
+    assert _train(tmp_path, toy, "--epochs", "1") == 0
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    _bad(tmp_path, ["predict", str(tmp_path / "run"), str(toy[1]), "--device", "cpu", "--output",
+                    str(fifo)], capsys, expect="not a regular file")  # fmt: skip
+    assert fifo.is_fifo()
+    # A FIFO among the checkpoints is passed over (opening it would hang the reader).
+    os.mkfifo(tmp_path / "run" / "checkpoints" / checkpoint.checkpoint_name(99))
+    assert checkpoint.latest(tmp_path / "run").name == checkpoint.checkpoint_name(1)
+    _bad(tmp_path, ["evaluate", str(fifo), "--dataset", str(toy[1])], capsys,
+         expect="not a regular file")  # fmt: skip
+
+
+def test_written_files_follow_the_umask(tmp_path, toy):
+    old = os.umask(0o022)
+    try:
+        assert _train(tmp_path, toy, "--epochs", "1") == 0
+    finally:
+        os.umask(old)
+    for path in [tmp_path / "run" / "config.json", checkpoint.latest(tmp_path / "run")]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path, toy):
+    assert _train(tmp_path, toy, "--epochs", "1") == 0
+    process = _cli("predict", str(tmp_path / "run"), str(toy[1]), "--device", "cpu")
+    process.stdout.close()  # the reader has left before the first line, as `| head -0` does
+    err = process.stderr.read()
+    process.stderr.close()
+    process.wait(timeout=60)
+    assert err == "" and process.returncode == 128 + signal.SIGPIPE

@@ -697,3 +697,54 @@ def test_datasets_stands_on_the_lowest_layers():
     }
     assert relative == {"errors", "files", "idx", "inputs"}
     assert not {name for name in absolute if name and name.startswith("xpmlp")}
+
+
+# --- Limits checked before allocation ----------------------------------------------------------
+
+
+def test_gzip_idx_is_decompressed_only_as_far_as_its_header_says(tmp_path):
+    # A 3-label header followed by 64 MiB of zeros: about 64 KiB compressed.
+    path = tmp_path / "bomb.gz"
+    with gzip.open(path, "wb") as out:
+        out.write(_idx_bytes(GOOD_LABELS))
+        for _ in range(64):
+            out.write(bytes(2**20))
+    assert path.stat().st_size < 2**20
+    with raises_one_line(DataError, "trailing bytes", "more than 3"):
+        read_idx(path)
+
+
+def test_an_idx_header_claiming_too_much_is_refused_before_reading(tmp_path):
+    header = bytes([0, 0, 0x08, 3]) + b"".join(n.to_bytes(4, "big") for n in (60000, 28**3, 28**3))
+    (tmp_path / "huge.idx").write_bytes(header + bytes(100))
+    with raises_one_line(DataError, "GiB", "huge.idx"):
+        read_idx(tmp_path / "huge.idx")
+
+
+def test_empty_idx_images_are_one_line(tmp_path):
+    fake_dataset(tmp_path / "d")
+    _replace(tmp_path / "d", 0, np.zeros((0, 4, 4), np.uint8))
+    _replace(tmp_path / "d", 1, np.zeros(0, np.uint8))
+    with raises_one_line(DataError, "holds no images"):
+        load_dataset("mnist", data_dir=tmp_path / "d", download=False)
+
+
+def _npz_with_member(path, name, member: bytes):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(name, member)
+
+
+def test_npz_members_are_checked_by_their_header_before_allocation(tmp_path):
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": (10**6, 10**6)})  # fmt: skip
+    _npz_with_member(tmp_path / "claims.npz", "X.npy", buffer.getvalue() + bytes(64))
+    with raises_one_line(DataError, "declares shape (1000000, 1000000)", "holds only"):
+        load_arrays(tmp_path / "claims.npz")
+    _npz_with_member(tmp_path / "text.npz", "X", b"1,2,3")  # np.load would hand back bytes
+    with raises_one_line(DataError, "not a .npy array"):
+        load_arrays(tmp_path / "text.npz")

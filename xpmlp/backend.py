@@ -16,6 +16,7 @@ Device specs
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,14 @@ class Backend:
 
             return torch.cuda.get_device_name(self.device)
         return f"{self.name} {self.device}" if self.device is not None else "cpu"
+
+
+def host_memory_bytes() -> int | None:
+    """Physical memory of this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def ufunc_module(xp):

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,12 @@ from .backend import get_backend, to_numpy
 from .config import DataConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, XpmlpError
 from .files import write_atomic
-from .inputs import Scaler, check_finite, check_labels, check_rows
+from .inputs import Scaler, check_finite, check_rows, encode_labels, find_classes
 from .metrics import evaluate
 from .model import MLP
 from .ops import ACTIVATIONS
 from .optim import OPTIMIZERS, SCHEDULES
-from .runs import RunDir, load_model, trainer_state
+from .runs import RunDir, classes_of, load_model, trainer_state
 from .training import RESUMABLE, Trainer, resume_from, train_in_run
 
 DEFAULT_HIDDEN = (300, 300)
@@ -178,11 +179,12 @@ def _label_column(text):
 
 
 def _load_data(data: DataConfig):
-    """Host arrays (X_train, y_train, X_test, y_test, n_classes, description), checked."""
+    """Host arrays (X_train, y_train, X_test, y_test, classes, description), checked; labels are
+    as in the files. ``classes`` is known for a built-in dataset, None for files."""
     if data.builtin:
         found = datasets.load_dataset(data.dataset, data_dir=data.data_dir, download=data.download)
-        return (found.X_train, found.y_train, found.X_test, found.y_test, found.n_classes,
-                found.source)  # fmt: skip
+        return (found.X_train, found.y_train, found.X_test, found.y_test,
+                np.arange(found.n_classes), found.source)  # fmt: skip
     column = _label_column(data.label_column)
     X, y = userdata.load_arrays(data.dataset, label_column=column)
     X_test = y_test = None
@@ -192,23 +194,46 @@ def _load_data(data: DataConfig):
             raise DataError(
                 f"the test data has {X_test.shape[1]} features; the training data has {X.shape[1]}"
             )
-    n_classes = int(max(y.max(initial=0), -1 if y_test is None else y_test.max(initial=0))) + 1
-    return X, y, X_test, y_test, n_classes, data.dataset
+    return X, y, X_test, y_test, None, data.dataset
 
 
-def _prepare(data: DataConfig, *, seed: int, dtype: str, scaler: Scaler | None):
-    """Scaled (X, y) pairs for train / val / test, the scaler, n_classes and the source."""
-    X, y, X_test, y_test, n_classes, source = _load_data(data)
+@dataclass(frozen=True)
+class Prepared:
+    """A run's data, ready for the device: (X, y) pairs with y as output indices."""
+
+    train: tuple
+    val: tuple | None
+    test: tuple | None
+    scaler: Scaler
+    classes: np.ndarray
+    source: str
+
+
+def _scaled(scaler: Scaler, X, dtype: str, where: str):
+    X = scaler.transform(X, dtype)
+    check_finite(X, where=f"{where} after scaling to {dtype}")  # 1e39 is finite in float64 only
+    return X
+
+
+def _prepare(data: DataConfig, *, seed: int, dtype: str, scaler: Scaler | None) -> Prepared:
+    X, y, X_test, y_test, classes, source = _load_data(data)
+    if classes is None:
+        classes = find_classes(y, y_test, where=f"the labels of {source}")
+    y = encode_labels(y, classes, where=source)
+    if y_test is not None:
+        y_test = encode_labels(y_test, classes, where=data.test_dataset or source)
     X_train, y_train, X_val, y_val = datasets.train_val_split(X, y, data.val_fraction, seed=seed)
     if len(X_train) == 0:
         raise DataError(f"the training split of {source} is empty")
     scaler = scaler or Scaler.fit(X_train, data.scaling)
-    prepared = {
-        "train": (scaler.transform(X_train, dtype), y_train),
-        "val": (scaler.transform(X_val, dtype), y_val) if len(X_val) else None,
-        "test": (scaler.transform(X_test, dtype), y_test) if X_test is not None else None,
-    }
-    return prepared, scaler, n_classes, source
+    return Prepared(
+        train=(_scaled(scaler, X_train, dtype, source), y_train),
+        val=(_scaled(scaler, X_val, dtype, source), y_val) if len(X_val) else None,
+        test=(_scaled(scaler, X_test, dtype, data.test_dataset or source), y_test)
+        if X_test is not None
+        else None,
+        scaler=scaler, classes=classes, source=source,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------- train
@@ -291,18 +316,21 @@ def cmd_train(args) -> int:
         saved_scaler = None
         if ckpt is not None and ckpt["scaling"]:
             saved_scaler = Scaler.from_state_dict(ckpt["scaling"], ckpt["meta"].get("scaling"))
-        prepared, scaler, n_classes, source = _prepare(data, seed=train.seed, dtype=dtype,
-                                                       scaler=saved_scaler)  # fmt: skip
-        X_train, y_train = prepared["train"]
+        prepared = _prepare(data, seed=train.seed, dtype=dtype, scaler=saved_scaler)
+        n_features, n_classes = prepared.train[0].shape[1], len(prepared.classes)
         if ckpt is None:
-            model = MLP([X_train.shape[1], *model_settings.pop("hidden"), n_classes],
+            model = MLP([n_features, *model_settings.pop("hidden"), n_classes],
                         device=backend, seed=train.seed, **model_settings)  # fmt: skip
             run.create(overwrite=bool(args.overwrite))
         else:
             model = MLP.from_config(model_config, device=backend)
+            saved = ckpt["meta"].get("classes")
+            if saved is not None and saved != prepared.classes.tolist():
+                raise DataError(f"the labels of {prepared.source} make other classes than the "
+                                "run's; resume it with the data it was trained on")  # fmt: skip
             sizes = model.layer_sizes
-            if (sizes[0], sizes[-1]) != (X_train.shape[1], n_classes):
-                raise DataError(f"{source} has {X_train.shape[1]} features and {n_classes} "
+            if (sizes[0], sizes[-1]) != (n_features, n_classes):
+                raise DataError(f"{prepared.source} has {n_features} features and {n_classes} "
                                 f"classes; the run's model has {sizes[0]} and {sizes[-1]}")  # fmt: skip
         trainer = Trainer(model, train)
         if ckpt is not None:
@@ -312,19 +340,19 @@ def cmd_train(args) -> int:
                 print(f"the run in {run.path} has {how} at epoch {trainer.epoch}; nothing to do "
                       "(pass a larger --epochs to extend it)")  # fmt: skip
                 return 0
-        return _train(trainer, run, prepared, scaler, data, source, quiet=bool(args.quiet))
+        return _train(trainer, run, prepared, data, quiet=bool(args.quiet))
 
 
-def _train(trainer, run, prepared, scaler, data, source, *, quiet: bool) -> int:
-    X_train, y_train = prepared["train"]
+def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -> int:
+    X_train, y_train = prepared.train
     progress = reporting.Progress(trainer.epochs, quiet=quiet)
-    progress.message(f"training {trainer.model} on {len(y_train):,} samples from {source}; "
-                     f"run directory {run.path}")  # fmt: skip
+    progress.message(f"training {trainer.model} on {len(y_train):,} samples from "
+                     f"{prepared.source}; run directory {run.path}")  # fmt: skip
     try:
         train_in_run(
-            trainer, run, X_train, y_train, validation_data=prepared["val"],
-            test_data=prepared["test"], scaler=scaler, data=data.to_dict(),
-            info={"data_source": source, "n_train": len(y_train)},
+            trainer, run, X_train, y_train, validation_data=prepared.val,
+            test_data=prepared.test, scaler=prepared.scaler, classes=prepared.classes,
+            data=data.to_dict(), info={"data_source": prepared.source, "n_train": len(y_train)},
             callbacks=[lambda trainer, record: progress.on_epoch(record)],
             on_batch=progress.on_batch, notify=progress.message,
         )  # fmt: skip
@@ -353,31 +381,35 @@ def _print_summary(trainer: Trainer, out: Path) -> None:
 
 
 def _scale_input(X, scaler: Scaler | None, model: MLP, where: str):
-    check_finite(X, where=where)
     if X.ndim != 2 or X.shape[1] != model.layer_sizes[0]:
         raise DataError(
             f"{where} has shape {X.shape}; the checkpoint's model expects (n, {model.layer_sizes[0]}) inputs"
         )
     if scaler is None:
-        return X.astype(model.dtype_name)
-    return scaler.transform(X, model.dtype_name)
+        scaler = Scaler.fit(X[:0], "none")
+    elif scaler.looks_already_scaled(X):
+        print(f"xpmlp: warning: {where} looks already scaled (values within [{X.min():.3g}, "
+              f"{X.max():.3g}]; the model was trained on raw values and scales them itself "
+              f"({scaler.method})); pass raw values", file=sys.stderr)  # fmt: skip
+    return _scaled(scaler, X, model.dtype_name, where)
 
 
 def cmd_evaluate(args) -> int:
     model, scaler, ckpt = load_model(args.checkpoint, device=get_backend(args.device))
+    classes = classes_of(ckpt, model)
     data = DataConfig(dataset=args.dataset, data_dir=args.data_dir, label_column=args.label_column,
                       download=not args.no_download)  # fmt: skip
     X_train, y_train, X_test, y_test, _, source = _load_data(data)
     X, y = (X_test, y_test) if data.builtin and args.split == "test" else (X_train, y_train)
     check_rows(X, y, where=args.dataset)
     X = _scale_input(X, scaler, model, where=f"{args.dataset}")
-    y = check_labels(y, model.n_outputs, where=f"the labels of {args.dataset}")
+    y = encode_labels(y, classes, where=f"the labels of {args.dataset}")
     metrics = evaluate(model, X, y)
     confusion = metrics["confusion_matrix"]
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     result = {
         "checkpoint": str(ckpt["path"]), "dataset": args.dataset, "samples": len(y),
-        "loss": metrics["loss"], "accuracy": metrics["accuracy"],
+        "loss": metrics["loss"], "accuracy": metrics["accuracy"], "classes": classes.tolist(),
         "per_class_accuracy": per_class.tolist(), "confusion_matrix": confusion.tolist(),
     }  # fmt: skip
     if args.json:
@@ -385,8 +417,9 @@ def cmd_evaluate(args) -> int:
         return 0
     print(f"{result['checkpoint']} on {args.dataset} ({len(y)} samples): "
           f"loss {metrics['loss']:.4f}  accuracy {metrics['accuracy']:.4f}")  # fmt: skip
-    print("per-class accuracy: " + "  ".join(f"{c}:{a:.3f}" for c, a in enumerate(per_class)))
-    print("confusion matrix (rows: true class, columns: predicted):")
+    print("per-class accuracy: " + "  ".join(f"{c}:{a:.3f}" for c, a in zip(classes, per_class)))
+    print("confusion matrix (rows: true class, columns: predicted; classes " +
+          " ".join(map(str, classes)) + "):")  # fmt: skip
     width = max(len(str(confusion.max())), 3)
     for row in confusion:
         print(" ".join(f"{v:>{width}}" for v in row))
@@ -394,24 +427,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    model, scaler, _ = load_model(args.checkpoint, device=get_backend(args.device))
-    path = Path(args.input)
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist")
-    try:
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
-            if "X" not in archive.files:
-                raise DataError(
-                    f"{path} has no array named X (it has {', '.join(archive.files) or 'none'})"
-                )
-            X = archive["X"]
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    X = _scale_input(X, scaler, model, where=str(path))
+    model, scaler, ckpt = load_model(args.checkpoint, device=get_backend(args.device))
+    classes = classes_of(ckpt, model)
+    X = _scale_input(userdata.load_features(args.input), scaler, model, where=str(args.input))
     probabilities = to_numpy(model.predict_proba(X))
-    labels = probabilities.argmax(axis=1)
+    labels = classes[probabilities.argmax(axis=1)]  # in the labels' own values
     if args.output:
-        write_atomic(args.output, lambda h: np.savez(h, labels=labels, probabilities=probabilities))
+        write_atomic(args.output, lambda h: np.savez(h, labels=labels, probabilities=probabilities,
+                                                     classes=classes))  # fmt: skip
         print(f"wrote {len(labels)} predictions to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write("".join(f"{label}\n" for label in labels))

@@ -14,6 +14,7 @@ import numpy as np
 from .errors import CheckpointError, ConfigError, DataError
 
 MAX_LABEL = 2**31 - 1  # a label beyond this is surely a mistake
+MAX_CLASSES = 10_000
 SCALING_METHODS = ("unit", "standard", "none")
 
 
@@ -60,6 +61,55 @@ def check_labels(
         place = locate(row) if locate else f"row {row}" + (f" of {where}" if where else "")
         raise DataError(f"labels must be integers in {interval}; found {y[row]} at {place}")
     return y.astype(np.int64, copy=False)
+
+
+def find_classes(*labels, where: str) -> np.ndarray:
+    """The classes of a classification problem: the sorted distinct labels (as scikit-learn).
+
+    Output ``k`` of a model stands for ``classes[k]``: labels {0, 1, 2, 99} make four classes,
+    not a hundred.
+
+    Parameters
+    ----------
+    *labels : arrays of shape (n_i,)
+        Label arrays (training, test), each checked by :func:`check_labels`.
+    where : str
+        For the message.
+
+    Returns
+    -------
+    array of shape (n_classes,), int64, sorted
+    """
+    arrays = [check_labels(y, where=where) for y in labels if y is not None]
+    classes = np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, np.int64)
+    if len(classes) < 2:
+        raise DataError(
+            f"{where} has {len(classes)} distinct label(s); a classifier needs two or more"
+        )
+    if len(classes) > MAX_CLASSES:
+        raise DataError(
+            f"{where} has {len(classes):,} distinct labels; xpmlp classifies into at most "
+            f"{MAX_CLASSES:,} classes (are these labels a regression target?)"
+        )
+    return classes
+
+
+def encode_labels(y, classes, *, where: str) -> np.ndarray:
+    """Each label's index in ``classes`` (the model's output), int64 of shape (n_samples,).
+
+    A label that is not one of ``classes`` is a DataError naming it and its row.
+    """
+    y = check_labels(y, where=where)
+    classes = np.asarray(classes, np.int64)
+    index = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
+    unknown = classes[index] != y
+    if unknown.any():
+        row = int(np.argmax(unknown))
+        shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
+        raise DataError(
+            f"label {y[row]} at row {row} of {where} is not one of the model's classes ({shown})"
+        )
+    return index
 
 
 def check_finite(X, *, where: str) -> None:
@@ -156,7 +206,16 @@ class Scaler:
                 f"data to scale has shape {X.shape}; the scaler was fitted on "
                 f"(n, {', '.join(map(str, self.offset.shape))}) data"
             )
-        return (X.astype(dtype) - self.offset.astype(dtype)) / self.factor.astype(dtype)
+        with np.errstate(over="ignore"):  # values beyond dtype's range become inf: check after
+            return (X.astype(dtype) - self.offset.astype(dtype)) / self.factor.astype(dtype)
+
+    def looks_already_scaled(self, X) -> bool:
+        """Whether raw-looking ``X`` is in fact already scaled: a ``unit`` scaler fitted on data
+        reaching 2 or more, given data that stays within [-1, 1] (e.g. pixels already / 255)."""
+        if self.method != "unit" or X.size == 0:
+            return False
+        trained_high = float(np.max(self.offset + self.factor))
+        return trained_high >= 2.0 and float(np.max(np.abs(X))) <= 1.0
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The arrays a checkpoint stores (``scaling/offset``, ``scaling/factor``)."""

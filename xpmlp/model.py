@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import ops, rng
-from .backend import Backend, get_backend, to_numpy
+from .backend import Backend, get_backend, host_memory_bytes, to_numpy
 from .errors import CheckpointError, ConfigError, DataError
 from .inputs import check_labels, check_rows
 
@@ -381,8 +381,22 @@ class MLP:
         )
 
 
+# Bytes per parameter a training run holds at once: the float64 initial draw on the host, then
+# parameters, gradients, two Adam moments and a scratch buffer.
+BYTES_PER_PARAMETER = 8 + 5 * 8
+
+
 def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:
     sizes = tuple(layer_sizes)
     if len(sizes) < 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in sizes):
         raise ConfigError(f"layer_sizes must be at least two positive integers; got {list(sizes)}")
-    return tuple(int(s) for s in sizes)
+    sizes = tuple(int(s) for s in sizes)
+    n_params = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    memory = host_memory_bytes()
+    if memory is not None and n_params * BYTES_PER_PARAMETER > memory:
+        raise ConfigError(
+            f"layer sizes {list(sizes)} make {n_params:,} parameters, about "
+            f"{n_params * BYTES_PER_PARAMETER / 2**30:,.0f} GiB to train; this machine has "
+            f"{memory / 2**30:,.0f} GiB"
+        )
+    return sizes

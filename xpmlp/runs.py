@@ -148,7 +148,7 @@ class RunDir:
         return None if path is None else checkpoint.load(path)
 
     def save(self, state: dict, *, model: MLP, data: dict | None = None,
-             scaler: Scaler | None = None, keep: int = 3) -> Path | None:  # fmt: skip
+             scaler: Scaler | None = None, classes=None, keep: int = 3) -> Path | None:  # fmt: skip
         """Write ``state`` (:meth:`Trainer.state_dict`) as the checkpoint of its epoch; prune.
 
         Returns the path written (None when this process is not the writer).
@@ -161,6 +161,7 @@ class RunDir:
             "trainer": state["meta"],
             "data": data,
             "scaling": scaler.method if scaler is not None else None,
+            "classes": None if classes is None else [int(c) for c in classes],
             "rng": {"seed": state["meta"]["config"]["seed"],
                     "streams": "numpy.random.default_rng([seed, purpose, epoch]); resumes at "
                                f"epoch {epoch}"},
@@ -228,6 +229,17 @@ def load_model(path, *, device="cpu") -> tuple[MLP, Scaler | None, dict]:
                 f"{model.layer_sizes[0]}"
             )
     return model, scaler, ckpt
+
+
+def classes_of(ckpt: dict, model: MLP) -> np.ndarray:
+    """The label each output of a checkpoint's classifier stands for (0..k-1 when not recorded)."""
+    saved = ckpt["meta"].get("classes")
+    classes = np.arange(model.n_outputs) if saved is None else np.asarray(saved)
+    if classes.ndim != 1 or len(classes) != model.n_outputs or classes.dtype.kind not in "iu":
+        raise CheckpointError(
+            f"{ckpt['path']} records {classes.size} classes for a model with {model.n_outputs} outputs"
+        )
+    return classes.astype(np.int64)
 
 
 def versions() -> dict:

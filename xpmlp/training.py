@@ -398,7 +398,8 @@ def setting_conflicts(config: TrainConfig, saved: dict) -> list[tuple]:
 
 
 def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, test_data=None,
-                 scaler: Scaler | None = None, data: dict | None = None, info: dict | None = None,
+                 scaler: Scaler | None = None, classes=None, data: dict | None = None,
+                 info: dict | None = None,
                  callbacks: Sequence[Callable] = (), on_batch=None,
                  notify: Callable[[str], None] | None = None) -> list[dict]:  # fmt: skip
     """:meth:`Trainer.fit` that leaves a run directory behind: config, metrics, checkpoints, curves.
@@ -413,7 +414,7 @@ def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, t
     model, config = trainer.model, trainer.config
 
     def save() -> None:
-        run.save(trainer.state_dict(), model=model, data=data, scaler=scaler,
+        run.save(trainer.state_dict(), model=model, data=data, scaler=scaler, classes=classes,
                  keep=config.keep_checkpoints)  # fmt: skip
 
     def after_epoch(trainer: Trainer, record: dict) -> None:
