@@ -237,9 +237,22 @@ def test_checkpoint_mismatch_and_corruption(tmp_path, toy, capsys):
     broken.write_bytes(data[: len(data) // 2])
     _bad(tmp_path, ["evaluate", str(broken), "--dataset", str(toy[1]), "--device", "cpu"], capsys,
          expect="checkpoint")  # fmt: skip
-    _bad(
-        tmp_path, ["train", "--resume", str(tmp_path / "nowhere")], capsys, expect="does not exist"
-    )
+    _bad(tmp_path, ["train", "--resume", str(broken)], capsys, expect="takes a run directory")
+
+
+def test_resume_without_a_checkpoint_starts_the_run(tmp_path, toy, capsys):
+    # What a supervisor repeats: the same command, whether or not the run has begun.
+    argv = ["train", "--device", "cpu", "--dataset", str(toy[0]), "--hidden", "8", "--epochs", "2",
+            "--resume", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)  # killed before its first checkpoint
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert main(argv) == 0
+    assert "no checkpoint" in capsys.readouterr().err
+    first = _final_params(tmp_path / "run")
+    assert main(argv) == 0  # finished: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+    for name, value in _final_params(tmp_path / "run").items():
+        np.testing.assert_array_equal(value, first[name])
 
 
 def test_diverging_run_is_diagnosed_and_keeps_the_last_good_checkpoint(tmp_path, toy, capsys):

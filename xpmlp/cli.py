@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", nargs="?", const="", metavar="DIR",
         help="continue the run in DIR (default: --out) from its newest checkpoint; only "
         f"--{', --'.join(f.replace('_', '-') for f in RESUMABLE)}, --device and --data-dir may "
-        "change",
+        "change. Without a checkpoint there yet, the run starts (with the flags given), so the "
+        "same command is safe to repeat",
     )  # fmt: skip
     _add(run, "--quiet", "no progress output", action="store_true")
 
@@ -291,7 +292,8 @@ def _resumed_run(flags: dict, ckpt: dict):
 def cmd_train(args) -> int:
     flags = _explicit(args)
     ckpt = None
-    if args.resume is not None:
+    resuming = args.resume is not None
+    if resuming:
         where = args.resume or args.out
         if not where:
             raise ConfigError("--resume needs a run directory (or --out)")
@@ -299,6 +301,11 @@ def cmd_train(args) -> int:
             raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs")
         if Path(where).is_file():
             raise ConfigError(f"--resume takes a run directory; {where} is a file")
+        resuming = RunDir(where).latest() is not None
+        if not resuming:  # killed before its first checkpoint, or never started: start it
+            print(f"xpmlp: no checkpoint in {where} yet; starting the run there", file=sys.stderr)
+            args.out, args.overwrite = where, True  # a run without a checkpoint holds nothing
+    if resuming:
         run = RunDir(where).open()
     else:
         train, data, model_settings = _new_run(flags)
@@ -306,7 +313,7 @@ def cmd_train(args) -> int:
         run = RunDir(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         run.check_new(overwrite=bool(args.overwrite))
     with run:
-        if args.resume is not None:
+        if resuming:
             ckpt = run.load_latest()
             if ckpt is None:
                 raise CheckpointError(f"no checkpoint found in {run.checkpoints}")

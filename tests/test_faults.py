@@ -1,0 +1,163 @@
+"""Fault injection: `xpmlp train` killed, interrupted or starved of disk at random moments.
+
+Every trial ends in one of two ways: the run, resumed with the same command until it finishes,
+has the weights of a run never interrupted, bit for bit; or the command says what went wrong in
+one line, and nothing saved is lost. The moments are drawn from a seeded generator, so a failing
+trial is reproduced by its test id.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xpmlp import checkpoint
+
+pytestmark = pytest.mark.slow
+
+TRIALS = {"SIGKILL": 12, "SIGINT": 8, "SIGTERM": 6}  # 26 in all
+EXPECTED = {  # exit statuses an interrupted command may end with; a negative one is a signal
+    # that landed where Python handles it itself (start-up, shutdown), with nothing to save
+    "SIGKILL": {-signal.SIGKILL, 0},
+    "SIGINT": {130, -signal.SIGINT, 0},
+    "SIGTERM": {128 + signal.SIGTERM, -signal.SIGTERM, 0},
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12000, 20)).astype(np.float32)
+    y = (X @ rng.normal(size=(20, 4))).argmax(axis=1)
+    path = tmp_path_factory.mktemp("faults") / "train.npz"
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def _command(data: Path, out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "xpmlp", "train", "--device", "cpu", "--dataset", str(data),
+            "--hidden", "64,64", "--batch-size", "8", "--epochs", "6", "--dropout", "0.1",
+            "--val-fraction", "0.2", "--quiet", "--resume", str(out), *extra]  # fmt: skip
+
+
+def _run(argv, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def _assert_one_line_at_most(stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if not line.startswith("xpmlp: no checkpoint")]
+    assert len(lines) <= 1, stderr
+
+
+def _finish(data: Path, out: Path) -> dict:
+    """Repeat the same command until it succeeds (as a supervisor would); the final weights."""
+    for _ in range(3):
+        result = _run(_command(data, out))
+        _assert_one_line_at_most(result.stderr)
+        if result.returncode == 0:
+            final = checkpoint.load(out)
+            assert final["meta"]["trainer"]["epoch"] == 6
+            assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+            return final["params"]
+    raise AssertionError(f"the run in {out} never finished: {result.stderr}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    start = time.monotonic()
+    result = _run(_command(data, out))
+    DURATION.append(time.monotonic() - start)
+    assert result.returncode == 0, result.stderr
+    return checkpoint.load(out)["params"]
+
+
+def _assert_same(final: dict, expected: dict) -> None:
+    for name, value in expected.items():
+        np.testing.assert_array_equal(final[name], value, err_msg=name)
+
+
+DURATION: list[float] = []  # seconds of the uninterrupted run, measured once
+OUTCOMES: list[int] = []  # exit status of every interrupted command
+
+
+def _trials():
+    rng = np.random.default_rng(20261123)
+    for name, count in TRIALS.items():
+        for i in range(count):
+            yield pytest.param(name, float(rng.uniform(0.0, 1.0)), id=f"{name}-{i}")
+
+
+@pytest.mark.parametrize(("signal_name", "moment"), _trials())
+def test_a_signal_at_any_moment_then_resume_is_bit_identical(
+    tmp_path, data, uninterrupted, signal_name, moment
+):
+    # ``moment``: the fraction of an uninterrupted run's duration after which the signal lands
+    # (start-up, data loading, any epoch, evaluation, checkpointing, plotting).
+    out = tmp_path / "run"
+    process = subprocess.Popen(_command(data, out), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(moment * DURATION[0])
+    process.send_signal(getattr(signal, signal_name))
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode in EXPECTED[signal_name], (process.returncode, stderr)
+    OUTCOMES.append(process.returncode)
+    if process.returncode == -signal.SIGINT:
+        # Ctrl-C while Python itself is still importing NumPy (before xpmlp's main runs) is
+        # Python's to report, with its traceback; nothing has been written yet.
+        # Python's to report, with its traceback; nothing has been written yet. So is one during
+        # the interpreter's shutdown, after the run has finished and said so.
+        assert "Traceback" not in stderr or stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    elif signal_name != "SIGKILL":
+        _assert_one_line_at_most(stderr)
+    if process.returncode == 130 and (out / "checkpoints").is_dir() and checkpoint.latest(out):
+        assert "--resume" in stderr
+    _assert_same(_finish(data, out), uninterrupted)
+
+
+def test_the_trials_interrupted_runs():
+    # The trials above prove something only if most signals landed before the run finished.
+    assert len(OUTCOMES) == sum(TRIALS.values())
+    assert sum(code != 0 for code in OUTCOMES) >= 0.75 * len(OUTCOMES), OUTCOMES
+
+
+def test_two_trainers_never_share_a_run(tmp_path, data, uninterrupted):
+    out = tmp_path / "run"
+    first = subprocess.Popen(_command(data, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (out / ".lock").exists() or not (out / ".lock").read_text().strip():
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    second = _run(_command(data, out))
+    assert second.returncode == 2, second.stderr
+    assert "in use by another xpmlp process" in second.stderr
+    _assert_one_line_at_most(second.stderr)
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    _assert_same(checkpoint.load(out)["params"], uninterrupted)
+
+
+def test_a_full_disk_loses_nothing_saved(tmp_path, data, uninterrupted):
+    out = tmp_path / "run"
+    assert _run(_command(data, out, "--epochs", "1")).returncode == 0
+    saved = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    size = max(len(b) for b in saved.values())
+
+    def small_disk():  # as `ulimit -f`: a file may not grow past half a checkpoint
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, size // 2))
+
+    result = _run(_command(data, out), preexec_fn=small_disk)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("xpmlp: error:") and "File too large" in result.stderr
+    _assert_one_line_at_most(result.stderr)
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == saved
+    _assert_same(_finish(data, out), uninterrupted)
