@@ -562,3 +562,33 @@ def test_a_closed_pipe_is_not_an_error(tmp_path, toy):
     process.stderr.close()
     process.wait(timeout=60)
     assert err == "" and process.returncode == 128 + signal.SIGPIPE
+
+
+@pytest.mark.parametrize(
+    ("damage", "expect"),
+    [
+        (lambda meta: meta["model"].pop("dtype"), "dtype is 'float32' here but None in the run"),
+        (lambda meta: meta["model"].update(dropout="lots"), "malformed model config"),
+        (lambda meta: meta["trainer"].pop("history"), "trainer state is malformed"),
+        (lambda meta: meta["trainer"]["config"].update(lr="fast"), "lr must be a finite number"),
+        (lambda meta: meta.update(classes=[0, 1]), "other classes than the run's"),
+        (lambda meta: meta.pop("model"), "malformed settings"),
+    ],
+)
+def test_damaged_checkpoint_metadata_is_one_line(tmp_path, toy, capsys, damage, expect):
+    assert _train(tmp_path, toy, "--epochs", "1") == 0
+    path = checkpoint.latest(tmp_path / "run")
+    ckpt = checkpoint.load(path)
+    meta = {k: v for k, v in ckpt["meta"].items() if k != "format"}
+    damage(meta)
+    arrays = {group: ckpt[group] for group in ("params", "optimizer", "best", "scaling")}
+    checkpoint.save(path, meta=meta, arrays=arrays)
+    code = main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expect in err[0], err
+    if "classes" in expect:
+        code = main(["predict", str(tmp_path / "run"), str(toy[1]), "--device", "cpu"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err == [
+            f"xpmlp: error: {path} records 2 classes for a model with 3 outputs"
+        ]

@@ -31,7 +31,7 @@ from .metrics import evaluate
 from .model import MLP
 from .ops import ACTIVATIONS
 from .optim import OPTIMIZERS, SCHEDULES
-from .runs import RunDir, classes_of, load_model, trainer_state
+from .runs import RunDir, classes_of, load_model, model_of, trainer_state
 from .training import RESUMABLE, Trainer, resume_from, train_in_run
 
 DEFAULT_HIDDEN = (300, 300)
@@ -286,7 +286,7 @@ def _resumed_run(flags: dict, ckpt: dict):
         data_dir=flags.get("data_dir", data.data_dir),
         download=not flags.get("no_download", not data.download),
     ).absolute()
-    return train, data, model
+    return train, data
 
 
 def cmd_train(args) -> int:
@@ -317,20 +317,20 @@ def cmd_train(args) -> int:
             ckpt = run.load_latest()
             if ckpt is None:
                 raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
-            train, data, model_config = _resumed_run(flags, ckpt)
+            train, data = _resumed_run(flags, ckpt)
         backend = get_backend(args.device or "auto")
-        dtype = ckpt["meta"]["model"]["dtype"] if ckpt else model_settings["dtype"]
+        model = model_of(ckpt, device=backend) if ckpt else None
+        dtype = model.dtype_name if model else model_settings["dtype"]
         saved_scaler = None
         if ckpt is not None and ckpt["scaling"]:
             saved_scaler = Scaler.from_state_dict(ckpt["scaling"], ckpt["meta"].get("scaling"))
         prepared = _prepare(data, seed=train.seed, dtype=dtype, scaler=saved_scaler)
         n_features, n_classes = prepared.train[0].shape[1], len(prepared.classes)
-        if ckpt is None:
+        if model is None:
             model = MLP([n_features, *model_settings.pop("hidden"), n_classes],
                         device=backend, seed=train.seed, **model_settings)  # fmt: skip
             run.create(overwrite=bool(args.overwrite))
         else:
-            model = MLP.from_config(model_config, device=backend)
             saved = ckpt["meta"].get("classes")
             if saved is not None and saved != prepared.classes.tolist():
                 raise DataError(f"the labels of {prepared.source} make other classes than the "

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import checkpoint, reporting
 from ._version import __version__
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, XpmlpError
 from .inputs import Scaler
 from .model import MLP
 
@@ -212,13 +212,7 @@ def load_model(path, *, device="cpu") -> tuple[MLP, Scaler | None, dict]:
     early stopping, the scaler its inputs need, and the checkpoint itself.
     """
     ckpt = checkpoint.load(path)
-    config = ckpt["meta"].get("model")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{ckpt['path']} has no model config")
-    try:
-        model = MLP.from_config(config, device=device)
-    except (TypeError, KeyError) as exc:
-        raise CheckpointError(f"{ckpt['path']} has a malformed model config ({exc})") from None
+    model = model_of(ckpt, device=device)
     model.load_state_dict(ckpt["best"] or ckpt["params"])
     scaler = None
     if ckpt["scaling"]:
@@ -229,6 +223,19 @@ def load_model(path, *, device="cpu") -> tuple[MLP, Scaler | None, dict]:
                 f"{model.layer_sizes[0]}"
             )
     return model, scaler, ckpt
+
+
+def model_of(ckpt: dict, *, device="cpu") -> MLP:
+    """A fresh model built from a checkpoint's model config (weights not loaded)."""
+    config = ckpt["meta"].get("model")
+    if not isinstance(config, dict) or "layer_sizes" not in config:
+        raise CheckpointError(f"{ckpt['path']} has no model config")
+    try:
+        return MLP.from_config(config, device=device)
+    except (TypeError, KeyError, ValueError) as exc:
+        if isinstance(exc, XpmlpError):
+            raise CheckpointError(f"{ckpt['path']} has a malformed model config: {exc}") from None
+        raise CheckpointError(f"{ckpt['path']} has a malformed model config ({exc})") from None
 
 
 def classes_of(ckpt: dict, model: MLP) -> np.ndarray:
