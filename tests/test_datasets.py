@@ -748,3 +748,11 @@ def test_npz_members_are_checked_by_their_header_before_allocation(tmp_path):
     _npz_with_member(tmp_path / "text.npz", "X", b"1,2,3")  # np.load would hand back bytes
     with raises_one_line(DataError, "not a .npy array"):
         load_arrays(tmp_path / "text.npz")
+
+
+def test_a_non_finite_value_is_named_not_its_whole_row():
+    X = np.zeros((5, 784), np.float32)
+    X[2, 300] = np.nan
+    with pytest.raises(DataError, match="found nan in column 300 of row 2 of X") as info:
+        check_finite(X, where="X")
+    assert len(str(info.value)) < 120
