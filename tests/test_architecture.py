@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "xpmlp"
 
 LAYERS = {
     "errors": 0, "_version": 0, "files": 0,
-    "backend": 1, "rng": 1, "idx": 1, "inputs": 1, "signals": 1, "checkpoint": 1, "reporting": 1,
-    "datasets": 2, "userdata": 2, "ops": 2,
+    "backend": 1, "idx": 1, "inputs": 1, "signals": 1, "checkpoint": 1, "reporting": 1,
+    "datasets": 2, "userdata": 2, "ops": 2, "rng": 2,
     "model": 3,
     "optim": 4, "gradcheck": 4, "metrics": 4, "diagnostics": 4,
     "config": 5, "runs": 5,

@@ -525,3 +525,29 @@ def test_outputs_are_chunked_without_changing_them(backend):
     whole = to_numpy(model.outputs(X, batch_size=100))
     np.testing.assert_allclose(to_numpy(model.outputs(X, batch_size=5)), whole, rtol=1e-14)
     assert tuple(model.outputs(X[:0]).shape) == (0, 3)
+
+
+@pytest.mark.parametrize("key", [(0,), (1, 2, 0, 3, 1), (2**40 + 7, 2, 5, 9, 0)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (128, 300)])
+def test_device_masks_are_the_same_bits_on_every_backend(backend, key, shape):
+    # NumPy and CuPy take a uint32 path, array-api-strict and torch a portable int64 one: the
+    # same bits, compared here with NumPy's.
+    from xpmlp import rng
+
+    expected = rng.dropout_mask(np, shape, 0.3, key, dtype=np.float64, device=None)
+    mask = rng.dropout_mask(backend.xp, shape, 0.3, key, dtype=backend.dtype("float64"),
+                            device=backend.device)  # fmt: skip
+    assert backend.owns(mask)
+    np.testing.assert_array_equal(to_numpy(mask), expected)
+
+
+def test_device_masks_drop_at_the_rate_independently():
+    from xpmlp import rng
+
+    masks = np.stack([rng.dropout_mask(np, (500, 200), 0.25, (3, i), dtype=np.float64, device=None)
+                      for i in range(10)])  # fmt: skip
+    dropped = masks == 0
+    assert dropped.mean() == pytest.approx(0.25, abs=0.005)
+    assert abs(np.corrcoef(dropped[:, :, :-1].ravel(), dropped[:, :, 1:].ravel())[0, 1]) < 0.01
+    assert abs(np.corrcoef(dropped[:-1].ravel(), dropped[1:].ravel())[0, 1]) < 0.01
+    np.testing.assert_array_equal(masks[~dropped], 1 / 0.75)

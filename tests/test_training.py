@@ -107,12 +107,14 @@ def test_batch_order_and_masks_depend_on_seed_and_epoch():
     assert not np.array_equal(order, rng.batch_order(50, seed=1, epoch=1))
     np.testing.assert_array_equal(rng.batch_order(5, seed=1, epoch=0, shuffle=False), range(5))
 
-    def masks(seed, epoch):
-        return rng.dropout_mask(rng.dropout_generator(seed, epoch), (20, 30), 0.5)
+    def masks(seed, epoch, step=0):
+        key = rng.dropout_key(seed, epoch, step)
+        return rng.dropout_mask(np, (20, 30), 0.5, key, dtype=np.float32, device=None)
 
     np.testing.assert_array_equal(masks(1, 0), masks(1, 0))
     assert not np.array_equal(masks(1, 0), masks(2, 0))
     assert not np.array_equal(masks(1, 0), masks(1, 1))
+    assert not np.array_equal(masks(1, 0, 0), masks(1, 0, 1))
 
 
 def test_different_seeds_train_differently(make_problem):

@@ -95,7 +95,7 @@ class MLP:
         self.backend = get_backend(device)
         self.dtype_name = dtype
         self.dtype = self.backend.dtype(dtype)
-        self._mask_rng = rng.model_dropout_generator(self.seed)
+        self._mask_draws = 0  # the model's own dropout stream: key (seed, draw number)
         self.params = {
             name: self.backend.asarray(value, self.dtype)
             for name, value in self._initial_params().items()
@@ -219,17 +219,32 @@ class MLP:
             return ops.one_hot(self.xp, y, self.n_outputs, self.dtype)
         return y
 
-    def sample_masks(self, n_samples: int, generator: np.random.Generator | None = None) -> list:
-        """One inverted-dropout mask per hidden layer for a batch of ``n_samples`` rows."""
+    def sample_masks(self, n_samples: int, key=None) -> list:
+        """One inverted-dropout mask per hidden layer for a batch of ``n_samples`` rows, made on
+        the model's device (see :func:`xpmlp.rng.dropout_mask`).
+
+        ``key`` is a tuple of non-negative ints (the trainer passes (seed, epoch, step)), an int,
+        or a NumPy Generator to draw one from; None takes the next key of the model's own stream.
+        """
         if self.dropout == 0.0:
             return []
-        generator = self._mask_rng if generator is None else generator
-        host_dtype = np.dtype(self.dtype_name).type
+        if key is None:
+            key = rng.model_dropout_key(self.seed, self._mask_draws)
+            self._mask_draws += 1
+        elif isinstance(key, np.random.Generator):
+            key = (int(key.integers(2**63)),)
+        elif isinstance(key, int | np.integer):
+            key = (int(key),)
         return [
-            self.backend.asarray(
-                rng.dropout_mask(generator, (n_samples, width), self.dropout, host_dtype)
-            )
-            for width in self.layer_sizes[1:-1]
+            rng.dropout_mask(
+                self.xp,
+                (n_samples, width),
+                self.dropout,
+                (*key, layer),
+                dtype=self.dtype,
+                device=self.backend.device,
+            )  # fmt: skip
+            for layer, width in enumerate(self.layer_sizes[1:-1])
         ]
 
     # ------------------------------------------------------------------ forward and backward

@@ -92,11 +92,11 @@ class Trainer:
         seed, size = self.config.seed, self.config.batch_size
         order = rng.batch_order(n, seed=seed, epoch=self.epoch, shuffle=self.config.shuffle)
         order = model.backend.asarray(order)
-        masks_rng = rng.dropout_generator(seed, self.epoch)
+
         for step in range(schedule.steps_per_epoch):
             index = order[step * size : min((step + 1) * size, n)]
             Xb, yb = xp.take(X, index, axis=0), xp.take(y, index, axis=0)
-            masks = model.sample_masks(index.shape[0], masks_rng)
+            masks = model.sample_masks(index.shape[0], rng.dropout_key(seed, self.epoch, step))
             yield step, Xb, yb, masks, schedule(first_step + step)
 
     def train_epoch(self, X, y, *, on_batch: Callable[[int, int], None] | None = None) -> dict:
