@@ -2,12 +2,16 @@
 
 As array-api-extra's conftest: the array-api-strict backend lives on a *non-default* device
 (``device1``) and with its strictest flags, so an array created without ``device=`` or a
-data-dependent shape fails a test instead of slipping through. CuPy runs under the ``gpu``
-marker and is skipped where CuPy or a CUDA device is missing; torch is skipped where it is not
-installed (CI installs it).
+data-dependent shape fails a test instead of slipping through. The CuPy stand-in
+(``tests/cupy_standin.py``: NumPy underneath, no implicit host conversion, two fake devices,
+counted launches, copies and syncs) runs everywhere, on its device 0 and on its device 1; real
+CuPy runs under the ``gpu`` marker and is skipped where there is no CUDA device; torch is skipped
+where it is not installed (CI installs it).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -39,8 +43,28 @@ BACKENDS = [
     pytest.param("cpu", id="numpy"),
     pytest.param("array-api-strict:device1", id="array_api_strict"),
     pytest.param("torch", id="torch"),
+    pytest.param("standin:cuda:0", id="cupy_standin"),
+    pytest.param("standin:cuda:1", id="cupy_standin_device1"),
     pytest.param("cuda:0", id="cupy", marks=pytest.mark.gpu),
 ]
+
+
+CALLER_SETS_DEVICE = {"test_ops", "test_optim"}
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
+
+
+@pytest.fixture
+def cupy_standin():
+    """The CuPy stand-in (tests/cupy_standin.py) as ``cupy`` in ``sys.modules``; yields its
+    counters (kernel launches, host-to-device and device-to-host copies, host syncs)."""
+    import cupy_standin as standin
+
+    with standin.installed() as counters:
+        yield counters
 
 
 def _make_backend(spec: str):
@@ -57,7 +81,16 @@ def _make_backend(spec: str):
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    """An :class:`xpmlp.Backend`: numpy, array-api-strict on device1, torch CPU, cupy."""
+    """An :class:`xpmlp.Backend`: numpy, array-api-strict on device1, torch CPU, the CuPy stand-in
+    on its devices 0 and 1, and real CuPy where there is a GPU."""
+    if request.param.startswith("standin:"):
+        request.getfixturevalue("cupy_standin")
+        backend = get_backend(request.param.removeprefix("standin:"))
+        # ops and optimizers run on the current device, as CuPy's own functions do: their tests
+        # make it current, as the model and the trainer do (which every other test checks).
+        with backend.activate() if request.module.__name__ in CALLER_SETS_DEVICE else _nothing():
+            yield backend
+        return
     backend = _make_backend(request.param)
     if backend.name != "array_api_strict":
         yield backend

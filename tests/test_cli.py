@@ -172,7 +172,6 @@ def _bad(tmp_path, argv, capsys, *, expect: str):
         (["train", "--epochs", "0"], "positive integer"),
         (["train", "--hidden", "300,x"], "comma-separated"),
         (["train", "--device", "tpu"], "unknown device"),
-        (["train", "--device", "gpu"], "pip install"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -540,7 +539,7 @@ def test_outputs_never_replace_what_is_not_a_regular_file(tmp_path, toy, capsys)
     # A FIFO among the checkpoints is passed over (opening it would hang the reader).
     os.mkfifo(tmp_path / "run" / "checkpoints" / checkpoint.checkpoint_name(99))
     assert checkpoint.latest(tmp_path / "run").name == checkpoint.checkpoint_name(1)
-    _bad(tmp_path, ["evaluate", str(fifo), "--dataset", str(toy[1])], capsys,
+    _bad(tmp_path, ["evaluate", str(fifo), "--dataset", str(toy[1]), "--device", "cpu"], capsys,
          expect="not a regular file")  # fmt: skip
 
 
@@ -583,7 +582,8 @@ def test_damaged_checkpoint_metadata_is_one_line(tmp_path, toy, capsys, damage, 
     damage(meta)
     arrays = {group: ckpt[group] for group in ("params", "optimizer", "best", "scaling")}
     checkpoint.save(path, meta=meta, arrays=arrays)
-    code = main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--quiet"])
+    code = main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--quiet",
+                 "--device", "cpu"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and expect in err[0], err
     if "classes" in expect:
@@ -592,3 +592,40 @@ def test_damaged_checkpoint_metadata_is_one_line(tmp_path, toy, capsys, damage, 
         assert code == 2 and err == [
             f"xpmlp: error: {path} records 2 classes for a model with 3 outputs"
         ]
+
+
+# ---------------------------------------------------------------------- on a GPU (the stand-in)
+
+
+def test_gpu_without_cupy_says_how_to_install_it(tmp_path, toy, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as if CuPy were not installed
+    _bad(tmp_path, ["train", "--device", "gpu", "--dataset", str(toy[0])], capsys,
+         expect='CuPy is not installed; pip install "xpmlp[cuda12]"')  # fmt: skip
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:1"])
+def test_training_on_a_gpu_matches_the_cpu(tmp_path, toy, cupy_standin, device):
+    # The stand-in computes with NumPy: a GPU run must be the CPU run, bit for bit, on either
+    # device, with the same batches and dropout masks (made on the device).
+    extra = ("--epochs", "2", "--dropout", "0.2")
+    assert _train(tmp_path, toy, *extra, out="cpu") == 0
+    argv = ["train", "--device", device, "--dataset", str(toy[0]), "--test-dataset", str(toy[1]),
+            "--hidden", "16,16", "--batch-size", "32", "--out", str(tmp_path / "gpu"), "--quiet",
+            *extra]  # fmt: skip
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "gpu" / "config.json").read_text())
+    assert config["device"] == ("cuda:0" if device == "gpu" else device)
+    assert config["device_name"].startswith("CuPy stand-in device")
+    cpu, gpu = _final_params(tmp_path / "cpu"), _final_params(tmp_path / "gpu")
+    for name in cpu:
+        np.testing.assert_array_equal(gpu[name], cpu[name])
+    assert (
+        main(["evaluate", str(tmp_path / "gpu"), "--dataset", str(toy[1]), "--device", device]) == 0
+    )
+
+
+def test_device_command_probes_the_device(capsys, cupy_standin):
+    assert main(["device", "--device", "cuda:1"]) == 0
+    out = capsys.readouterr().out
+    assert "cuda:1" in out and "CuPy stand-in device 1" in out and "probe passed" in out
+    assert cupy_standin.launches > 0 and cupy_standin.syncs >= 1

@@ -535,8 +535,9 @@ def test_device_masks_are_the_same_bits_on_every_backend(backend, key, shape):
     from xpmlp import rng
 
     expected = rng.dropout_mask(np, shape, 0.3, key, dtype=np.float64, device=None)
-    mask = rng.dropout_mask(backend.xp, shape, 0.3, key, dtype=backend.dtype("float64"),
-                            device=backend.device)  # fmt: skip
+    with backend.activate():  # rng runs on the current device; the model makes its own current
+        mask = rng.dropout_mask(backend.xp, shape, 0.3, key, dtype=backend.dtype("float64"),
+                                device=backend.device)  # fmt: skip
     assert backend.owns(mask)
     np.testing.assert_array_equal(to_numpy(mask), expected)
 

@@ -15,8 +15,12 @@ Device specs
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +30,7 @@ import numpy as np
 from .errors import ConfigError, DeviceError
 
 DTYPES = ("float32", "float64")
-CUDA_INSTALL_HINT = 'pip install "xpmlp[cuda12]" (or "xpmlp[cuda13]" for CUDA 13 drivers)'
+CUDA_INSTALL_HINT = 'pip install "xpmlp[cuda12]" (or "xpmlp[cuda13]" for CUDA 13 drivers), which brings CuPy with its CUDA runtime libraries'
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,16 @@ class Backend:
             return False
         return self.device is None or array_api_compat.device(array) == self.device
 
+    def probe(self) -> None:
+        """Run one elementwise kernel and one matmul here and read the result back; a setup that
+        cannot compute (no CUDA runtime libraries, a driver too old) raises DeviceError."""
+        _probe(self)
+
+    def activate(self):
+        """A context in which this backend's device is the current one (CuPy creates arrays and
+        launches kernels on the current device, whatever ``device=`` says)."""
+        return self.device if self.name == "cupy" else contextlib.nullcontext()
+
     def synchronize(self) -> None:
         """Wait until queued device work is done (a no-op on the CPU)."""
         if self.name == "cupy":
@@ -107,6 +121,17 @@ def host_memory_bytes() -> int | None:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def on_device(method):
+    """Run a method of an object with a ``backend`` attribute with that backend's device current."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.backend.activate():
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 def ufunc_module(xp):
@@ -158,7 +183,7 @@ def get_backend(spec: str | Backend = "cpu") -> Backend:
 
         return Backend("numpy", "cpu", xp, None)
     if spec == "auto":
-        return _cupy_backend(0) if _cuda_available() else get_backend("cpu")
+        return _auto_backend()
     if spec in ("gpu", "cuda") or spec.startswith("cuda:"):
         return _cupy_backend(_cuda_index(spec))
     if spec.startswith("array-api-strict") or spec.startswith("array_api_strict"):
@@ -186,14 +211,28 @@ def _import_cupy():
         raise DeviceError(
             f"a GPU was requested but CuPy is not installed; {CUDA_INSTALL_HINT}"
         ) from exc
+    except Exception as exc:  # e.g. a HOME it cannot write its kernel cache into
+        raise DeviceError(
+            f"CuPy is installed but fails to import ({_first_line(exc)}); if it cannot write its "
+            "kernel cache, set CUPY_CACHE_DIR to a writable directory"
+        ) from exc
 
 
-def _cuda_available() -> bool:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _auto_backend() -> Backend:
+    """CuPy on GPU 0 when CuPy is installed and works there; else NumPy, saying why in one line
+    when CuPy is installed but cannot run."""
+    if "cupy" not in sys.modules and importlib.util.find_spec("cupy") is None:
+        return get_backend("cpu")
     try:
-        cupy = importlib.import_module("cupy")
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, no device: all mean "not available"
-        return False
+        return _cupy_backend(0)
+    except DeviceError as exc:
+        print(f"xpmlp: no usable GPU ({exc}); running on the CPU", file=sys.stderr)
+        return get_backend("cpu")
 
 
 def _cupy_backend(index: int) -> Backend:
@@ -202,14 +241,37 @@ def _cupy_backend(index: int) -> Backend:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
         raise DeviceError(
-            f"CuPy is installed but sees no CUDA device ({exc}); check the NVIDIA driver, "
-            f"or that the CuPy package matches it: {CUDA_INSTALL_HINT}"
+            f"CuPy is installed but sees no CUDA device ({_first_line(exc)}); check the NVIDIA "
+            f"driver, or that the CuPy package matches it: {CUDA_INSTALL_HINT}"
         ) from exc
+    if count == 0:
+        raise DeviceError("CuPy sees no CUDA device on this machine")
     if index >= count:
         raise DeviceError(f"no CUDA device cuda:{index}; this machine has {count}")
     import array_api_compat.cupy as xp
 
-    return Backend("cupy", f"cuda:{index}", xp, cupy.cuda.Device(index))
+    backend = Backend("cupy", f"cuda:{index}", xp, cupy.cuda.Device(index))
+    backend.probe()
+    return backend
+
+
+def _probe(backend: Backend) -> None:
+    """One elementwise kernel and one matmul on the device, read back: a CUDA setup that lists a
+    GPU but cannot run on it (no runtime libraries, no NVRTC, a driver too old) fails here, in one
+    line that names the fix, instead of at the first training step."""
+    xp = backend.xp
+    try:
+        with backend.activate():
+            x = xp.reshape(xp.arange(6, dtype=xp.float32), (2, 3))
+            y = x * 2.0 + 1.0  # compiles an elementwise kernel
+            total = float(xp.sum(y @ xp.matrix_transpose(x)))  # cuBLAS
+    except Exception as exc:
+        raise DeviceError(
+            f"CuPy cannot run on {backend.spec} ({_first_line(exc)}); install the CUDA runtime "
+            f"libraries CuPy needs: {CUDA_INSTALL_HINT}"
+        ) from exc
+    if total != 196.0:  # sum of (2x + 1) @ x.T for x = [[0, 1, 2], [3, 4, 5]]
+        raise DeviceError(f"{backend.spec} computed a wrong probe result ({total}, expected 196)")
 
 
 def _strict_backend(spec: str) -> Backend:

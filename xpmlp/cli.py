@@ -31,7 +31,7 @@ from .metrics import evaluate
 from .model import MLP
 from .ops import ACTIVATIONS
 from .optim import OPTIMIZERS, SCHEDULES
-from .runs import RunDir, classes_of, load_model, model_of, trainer_state
+from .runs import RunDir, classes_of, load_model, model_of, trainer_state, versions
 from .training import RESUMABLE, Trainer, resume_from, train_in_run
 
 DEFAULT_HIDDEN = (300, 300)
@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", help="write labels and probabilities to this .npz instead of stdout"
     )
     predict_cmd.add_argument("--device", default="auto", help="cpu, gpu, cuda:N or auto")
+
+    device_cmd = commands.add_parser(
+        "device", help="check a device: run a kernel and a matmul on it", formatter_class=fmt
+    )
+    device_cmd.add_argument("--device", default="auto", help="cpu, gpu, cuda:N or auto")
     return parser
 
 
@@ -448,7 +453,18 @@ def cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+def cmd_device(args) -> int:
+    """Resolve the device, run the probe (an elementwise kernel and a matmul), say what it is."""
+    backend = get_backend(args.device)
+    backend.probe()
+    print(f"{backend.spec}: {backend.device_name()} ({backend.name}); probe passed")
+    for name, version in versions().items():
+        print(f"  {name} {version}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "device": cmd_device}  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,7 @@ def confusion_counts(xp, labels, predicted, n_classes: int, dtype):
     return xp.astype(true.T @ guess, xp.int64)
 
 
-def evaluate(model: MLP, X, y, *, batch_size: int = EVAL_BATCH) -> dict:
+def evaluate(model: MLP, X, y, *, batch_size: int = EVAL_BATCH, checked: bool = False) -> dict:
     """Loss, accuracy, predictions and confusion matrix of ``model`` on (X, y), in one pass.
 
     Parameters
@@ -45,6 +45,9 @@ def evaluate(model: MLP, X, y, *, batch_size: int = EVAL_BATCH) -> dict:
     y : integer labels of shape (n_samples,) (cross-entropy) or targets (n_samples, n_outputs)
     batch_size : int
         Rows per forward pass.
+    checked : bool
+        X and y are already the model's device arrays, checked (the trainer's per-epoch
+        evaluation): no label check, which on a GPU costs a host sync.
 
     Returns
     -------
@@ -54,8 +57,14 @@ def evaluate(model: MLP, X, y, *, batch_size: int = EVAL_BATCH) -> dict:
         mse) and ``confusion_matrix`` (host int64 array (n_classes, n_classes), rows the true
         class; None for mse).
     """
-    X, y = model.as_input(X), model.as_target(y)
-    check_rows(X, y)
+    with model.backend.activate():
+        if not checked:
+            X, y = model.as_input(X), model.as_target(y)
+            check_rows(X, y)
+        return _evaluate(model, X, y, batch_size)
+
+
+def _evaluate(model: MLP, X, y, batch_size: int) -> dict:
     xp, n = model.xp, X.shape[0]
     classify = model.loss_name == "cross_entropy"
     loss_sum, confusion, predictions = zero(model), None, []

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import ops, rng
-from .backend import Backend, get_backend, host_memory_bytes, to_numpy
+from .backend import Backend, get_backend, host_memory_bytes, on_device, to_numpy
 from .errors import CheckpointError, ConfigError, DataError
 from .inputs import check_labels, check_rows
 
@@ -153,6 +153,7 @@ class MLP:
         # A copy even on NumPy: optimizers update parameters in place.
         return {name: to_numpy(value).copy() for name, value in self.params.items()}
 
+    @on_device
     def load_state_dict(self, state: dict) -> None:
         """Copy parameters from ``state`` (NumPy or any backend's arrays) onto this model."""
         missing = [name for name in self.params if name not in state]
@@ -184,6 +185,7 @@ class MLP:
 
     # ------------------------------------------------------------------ inputs
 
+    @on_device
     def as_input(self, X):
         """``X`` of shape (n_samples, n_inputs) as an array of this model's dtype and device."""
         if len(X.shape) != 2 or X.shape[1] != self.layer_sizes[0]:
@@ -192,13 +194,16 @@ class MLP:
             )
         return self._on_device(X, self.dtype)
 
+    @on_device
     def as_target(self, y):
         """Labels (cross-entropy: integer array of shape (n,)) or targets (mse: (n, n_outputs))."""
         if self.loss_name == "cross_entropy":
             if len(y.shape) != 1:
                 raise DataError(f"labels must have shape (n_samples,); got {tuple(y.shape)}")
-            if isinstance(y, np.ndarray):  # device labels are not read back to be checked
+            if isinstance(y, np.ndarray):
                 y = check_labels(y, self.n_outputs)
+            else:
+                self._check_device_labels(y)
             return self._on_device(y, self.xp.int64)
         if len(y.shape) == 1 and self.n_outputs == 1:
             y = y.reshape((-1, 1)) if isinstance(y, np.ndarray) else self.xp.reshape(y, (-1, 1))
@@ -208,17 +213,32 @@ class MLP:
             )
         return self._on_device(y, self.dtype)
 
+    def _check_device_labels(self, y) -> None:
+        """The label rule on labels already on a device: one reduction read back (once per fit,
+        not per step); the rows are looked for only when a label is bad."""
+        xp = self.xp
+        floating = xp.isdtype(y.dtype, "real floating")
+        bad = (y < 0) | (y >= self.n_outputs)
+        if floating:
+            bad = bad | (y != xp.trunc(y)) | xp.isnan(y)
+        if bool(xp.any(bad)):
+            host = to_numpy(y)
+            check_labels(host, self.n_outputs)
+            raise DataError(f"labels must be integers in [0, {self.n_outputs})")  # unreachable
+
     def _on_device(self, array, dtype):
         if not self.backend.owns(array):
             return self.backend.asarray(array, dtype)
         return array if array.dtype == dtype else self.xp.astype(array, dtype)
 
+    @on_device
     def targets(self, y):
         """Device targets for the loss: one-hot rows for cross-entropy, the values for mse."""
         if self.loss_name == "cross_entropy":
             return ops.one_hot(self.xp, y, self.n_outputs, self.dtype)
         return y
 
+    @on_device
     def sample_masks(self, n_samples: int, key=None) -> list:
         """One inverted-dropout mask per hidden layer for a batch of ``n_samples`` rows, made on
         the model's device (see :func:`xpmlp.rng.dropout_mask`).
@@ -249,6 +269,7 @@ class MLP:
 
     # ------------------------------------------------------------------ forward and backward
 
+    @on_device
     def forward_record(self, X, masks: list | None = None):
         """Raw outputs (n_samples, n_outputs) and a :class:`LayerRecord` per layer.
 
@@ -272,6 +293,7 @@ class MLP:
             a = h * mask if mask is not None else h
         raise AssertionError("unreachable")
 
+    @on_device
     def backward(self, grad_outputs, records: list[LayerRecord]) -> dict:
         """Gradients of every parameter (names as :attr:`params`) given dL/d(outputs).
 
@@ -292,6 +314,7 @@ class MLP:
             delta = act.backward(xp, below.pre_activation, below.activation, grad_a)
         return {name: grads[name] for name in self.params}
 
+    @on_device
     def output_loss(self, outputs, targets):
         """Batch-mean loss of raw ``outputs`` against :meth:`targets` (no L2 term), and dL/doutputs.
 
@@ -302,6 +325,7 @@ class MLP:
         """
         return self._loss(self.xp, outputs, targets)
 
+    @on_device
     def forward(self, X, *, train: bool = False, masks: list | None = None):
         """Raw outputs (logits for cross-entropy), shape (n_samples, n_outputs).
 
@@ -313,6 +337,7 @@ class MLP:
             masks = self.sample_masks(X.shape[0])
         return self._forward(X, masks if train else None)[0]
 
+    @on_device
     def loss_and_grads(self, X, y, *, masks: list | None = None):
         """The training loss on one batch and its gradient with respect to every parameter.
 
@@ -338,6 +363,7 @@ class MLP:
         loss, grads, _ = self.batch_loss_and_grads(X, self.targets(y), masks)
         return loss, grads
 
+    @on_device
     def batch_loss_and_grads(self, X, targets, masks):
         """:meth:`loss_and_grads` for inputs already on the device and checked: the hot path.
 
@@ -362,6 +388,7 @@ class MLP:
 
     # ------------------------------------------------------------------ prediction
 
+    @on_device
     def outputs(self, X, *, batch_size: int = EVAL_BATCH):
         """Raw outputs of the whole of ``X`` (n_samples, n_outputs), computed in chunks, no dropout."""
         X = self.as_input(X)
@@ -375,12 +402,14 @@ class MLP:
             return self.xp.zeros((0, self.n_outputs), dtype=self.dtype, device=self.backend.device)
         return chunks[0] if len(chunks) == 1 else self.xp.concat(chunks, axis=0)
 
+    @on_device
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes); cross-entropy models only."""
         if self.loss_name != "cross_entropy":
             raise ConfigError("predict_proba needs a classification model (loss='cross_entropy')")
         return ops.softmax(self.xp, self.outputs(X))
 
+    @on_device
     def predict(self, X):
         """Class labels (n_samples,) for classification; outputs (n_samples, n_outputs) for mse."""
         outputs = self.outputs(X)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import rng
-from .backend import to_numpy
+from .backend import on_device, to_numpy
 from .checkpoint import checkpoint_name
 from .config import TrainConfig
 from .diagnostics import diagnose_nonfinite
@@ -61,6 +61,10 @@ class Trainer:
         self.stop_signal: DeferredStop | None = None  # checked between steps (see signals.py)
 
     @property
+    def backend(self):
+        return self.model.backend
+
+    @property
     def epochs(self) -> int:
         return self.config.epochs
 
@@ -99,6 +103,7 @@ class Trainer:
             masks = model.sample_masks(index.shape[0], rng.dropout_key(seed, self.epoch, step))
             yield step, Xb, yb, masks, schedule(first_step + step)
 
+    @on_device
     def train_epoch(self, X, y, *, on_batch: Callable[[int, int], None] | None = None) -> dict:
         """One pass over (X, y) already on the device; returns the epoch's training metrics.
 
@@ -130,6 +135,7 @@ class Trainer:
             "samples_per_second": n / seconds if seconds > 0 else math.inf,
         }
 
+    @on_device
     def train_step(self, Xb, yb, masks, *, lr: float):
         """Forward, backward and update on one batch; returns (loss, outputs) as device arrays."""
         model = self.model
@@ -137,6 +143,7 @@ class Trainer:
         self.apply_gradients(grads, lr=lr)
         return loss, outputs
 
+    @on_device
     def apply_gradients(self, grads: dict, *, lr: float) -> None:
         if self.config.clip_norm is not None:
             clip_grad_norm(self.model.xp, grads, self.config.clip_norm)
@@ -144,6 +151,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
 
+    @on_device
     def fit(
         self,
         X,
@@ -208,7 +216,7 @@ class Trainer:
     def _evaluate(self, prefix: str, data) -> dict:
         if data is None:
             return {f"{prefix}_loss": None, f"{prefix}_accuracy": None}
-        metrics = evaluate(self.model, *data)
+        metrics = evaluate(self.model, *data, checked=True)
         return {f"{prefix}_loss": metrics["loss"], f"{prefix}_accuracy": metrics["accuracy"]}
 
     def _early_stopping(self, record: dict) -> None:
@@ -227,6 +235,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
 
+    @on_device
     def snapshot(self) -> dict:
         """A device-side copy of the model and optimizer state (cheap; used to roll back)."""
         xp = self.model.xp
@@ -239,6 +248,7 @@ class Trainer:
         self.model.params = dict(snap["params"])
         self.optimizer.restore(snap["optimizer"])
 
+    @on_device
     def diagnose_nonfinite(self, X, y) -> str:
         """Replay the failed epoch step by step (from the restored state) to say where it broke."""
         start = self.snapshot()
@@ -274,6 +284,7 @@ class Trainer:
             "best": self.best["params"],
         }
 
+    @on_device
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict` (or a checkpoint's groups); a malformed one raises
         :class:`CheckpointError` and changes nothing."""

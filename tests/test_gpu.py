@@ -1,0 +1,85 @@
+"""The GPU contract, counted on the CuPy stand-in: a training step copies nothing between host and
+device and never waits for the device; everything runs on the model's own device; labels
+already on the device are checked with one reduction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpmlp import MLP, DataError, Trainer, evaluate, get_backend, to_numpy
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "cuda:1"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_training_step_neither_copies_nor_syncs(cupy_standin, make_problem, device, dropout):
+    X, y = make_problem(n=64, n_in=5, n_out=3)
+    model = MLP([5, 16, 16, 3], dropout=dropout, device=device)
+    trainer = Trainer(model, batch_size=8, epochs=2, clip_norm=1.0, schedule="cosine")
+    X, y = model.as_input(X), model.as_target(y)
+    seen = []
+    cupy_standin.reset()
+    trainer.train_epoch(X, y, on_batch=lambda done, total: seen.append(cupy_standin.snapshot()))
+    after_epoch = cupy_standin.snapshot()
+    assert len(seen) == 8
+    # Before the first step: the epoch's batch order, one host-to-device copy. Then nothing.
+    assert (seen[0]["host_to_device"], seen[0]["device_to_host"], seen[0]["syncs"]) == (1, 0, 0)
+    for before, after in zip(seen, seen[1:]):
+        for counter in ("host_to_device", "device_to_host", "syncs"):
+            assert after[counter] == before[counter], (counter, before, after)
+    launches = [after["launches"] - before["launches"] for before, after in zip(seen, seen[1:])]
+    assert len(set(launches)) == 1 and launches[0] > 0  # the same kernels every step
+    # The epoch's metrics: read once, at its end (loss and correct count).
+    assert after_epoch["device_to_host"] - seen[-1]["device_to_host"] == 2
+    assert after_epoch["syncs"] - seen[-1]["syncs"] == 2
+
+
+def test_evaluation_reads_its_sums_once(cupy_standin, make_problem):
+    X, y = make_problem(n=50, n_in=3, n_out=2)
+    model = MLP([3, 8, 2], device="cuda:1")
+    X, y = model.as_input(X), model.as_target(y)
+    cupy_standin.reset()
+    evaluate(model, X, y, batch_size=7, checked=True)
+    # loss sum, confusion matrix, predictions: three reads for eight chunks.
+    assert cupy_standin.device_to_host == 3 and cupy_standin.host_to_device == 0
+
+
+def test_everything_lives_on_the_models_device(cupy_standin, make_problem):
+    X, y = make_problem(n=30, n_in=4, n_out=3)
+    model = MLP([4, 8, 3], dropout=0.2, device="cuda:1")
+    Trainer(model, batch_size=8, epochs=2).fit(X, y, validation_data=(X, y))
+    assert all(value.device.id == 1 for value in model.params.values())
+    assert model.predict(X).device.id == 1
+    assert all(m.device.id == 1 for m in model.sample_masks(4))
+
+
+@pytest.mark.parametrize("bad", [3, -1, 1.5])
+def test_labels_already_on_the_device_are_checked(cupy_standin, make_problem, bad):
+    X, y = make_problem(n=12, n_in=3, n_out=3)
+    labels = y.astype(np.float64 if bad == 1.5 else np.int64)
+    labels[7] = bad
+    model = MLP([3, 4, 3], device="cuda:0")
+    device_labels = model.backend.asarray(labels)
+    cupy_standin.reset()
+    with pytest.raises(DataError, match=f"found {bad} at row 7"):
+        Trainer(model, batch_size=4, epochs=1).fit(X, device_labels)
+    good = model.backend.asarray(y)
+    cupy_standin.reset()
+    model.as_target(good)
+    assert cupy_standin.syncs == 1  # one reduction read back, not one per label
+
+
+def test_no_implicit_host_conversion(cupy_standin):
+    backend = get_backend("cuda:0")
+    array = backend.asarray(np.ones(3))
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        np.asarray(array)
+    np.testing.assert_array_equal(to_numpy(array), np.ones(3))
+
+
+def test_an_operation_across_devices_is_refused_as_cupy_does(cupy_standin):
+    on_1 = get_backend("cuda:1").asarray(np.ones(3))
+    with pytest.raises(
+        ValueError, match=r"resides \(1\) is different from the current device \(0\)"
+    ):
+        on_1 + 1.0  # device 0 is current: the stand-in, like CuPy, will not run it there
