@@ -438,3 +438,15 @@ def test_hadolint_passes():
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cuda_image_gives_cupy_a_kernel_cache_any_user_can_write():
+    # Under `docker run --user`, HOME is / and CuPy's default ~/.cupy/kernel_cache cannot be made.
+    cuda = parse_dockerfile(DOCKERFILES["cuda"])
+    cache = env_of(cuda.final()).get("CUPY_CACHE_DIR", "")
+    assert cache.startswith("/tmp/"), cache
+
+
+def test_the_cuda_extras_bring_the_cuda_runtime_libraries(optional_dependencies):
+    for extra in ("cuda12", "cuda13"):
+        assert any("[ctk]" in requirement for requirement in optional_dependencies[extra]), extra

@@ -83,3 +83,42 @@ def test_an_operation_across_devices_is_refused_as_cupy_does(cupy_standin):
         ValueError, match=r"resides \(1\) is different from the current device \(0\)"
     ):
         on_1 + 1.0  # device 0 is current: the stand-in, like CuPy, will not run it there
+
+
+# ---------------------------------------------------------------------- real CuPy, no GPU
+
+
+def _real_cupy_installed() -> bool:
+    import importlib.util
+    import os
+
+    found = importlib.util.find_spec("cupy") is not None
+    if not found and os.environ.get("XPMLP_REQUIRE_CUPY") == "1":
+        pytest.fail("XPMLP_REQUIRE_CUPY=1 but CuPy is not installed (CI installs cupy-cuda13x)")
+    return found
+
+
+def _cli(*args, home):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("CUPY_CACHE_DIR", None)
+    return subprocess.run([sys.executable, "-m", "xpmlp", *args], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+
+
+@pytest.mark.skipif(not _real_cupy_installed(), reason="needs CuPy installed (with or without GPU)")
+def test_real_cupy_without_a_usable_gpu_is_one_line_and_auto_falls_back(tmp_path):
+    if get_backend("auto").name == "cupy":
+        pytest.skip("this machine has a working GPU: the -m gpu tests cover it")
+    home = tmp_path / "home-is-a-file"  # no ~/.cupy can be made there, even by root
+    home.write_text("")
+    explicit = _cli("device", "--device", "gpu", home=home)
+    assert explicit.returncode == 2
+    assert explicit.stderr.startswith("xpmlp: error:") and "CuPy" in explicit.stderr
+    assert len(explicit.stderr.strip().splitlines()) == 1 and "Traceback" not in explicit.stderr
+    auto = _cli("device", "--device", "auto", home=home)
+    assert auto.returncode == 0 and auto.stdout.startswith("cpu:")
+    assert auto.stderr.startswith("xpmlp: no usable GPU") and len(auto.stderr.splitlines()) == 1

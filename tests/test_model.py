@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import rtol_for
 
 import xpmlp.model
 from xpmlp import MLP, CheckpointError, ConfigError, DataError, ops, to_numpy
@@ -96,11 +97,11 @@ def test_gradients_equal_torch_autograd(backend, make_problem, activation, loss,
     loss_value, grads = model.loss_and_grads(backend.asarray(X), backend.asarray(y), masks=masks)
     expected_loss, expected_grads = _torch_loss_and_grads(model, X, y, masks)
 
-    assert float(to_numpy(loss_value)) == pytest.approx(expected_loss, rel=1e-12)
+    assert float(to_numpy(loss_value)) == pytest.approx(expected_loss, rel=rtol_for(backend, 1e-12))
     assert list(grads) == list(model.params)
     for name, grad in grads.items():
         assert backend.owns(grad)
-        _assert_close_relative(grad, expected_grads[name], 1e-10, name)
+        _assert_close_relative(grad, expected_grads[name], rtol_for(backend, 1e-10), name)
 
 
 # ---------------------------------------------------------------------- worked by hand

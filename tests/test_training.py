@@ -9,6 +9,7 @@ import re
 import array_api_compat
 import numpy as np
 import pytest
+from conftest import real_gpu, rtol_for
 
 from xpmlp import MLP, ConfigError, DataError, NonFiniteError, Trainer, evaluate, fit, rng, to_numpy
 
@@ -63,10 +64,11 @@ def test_trajectories_agree_across_backends(backend, make_problem, optimizer):
     reference, reference_history = run("cpu")
     model, history = run(backend)
     assert all(backend.owns(value) for value in model.params.values())
-    _assert_params_close(model, reference.state_dict(), 1e-12)
+    rtol = rtol_for(backend, 1e-12) * (100 if real_gpu(backend) else 1)  # 50 steps on a GPU
+    _assert_params_close(model, reference.state_dict(), rtol)
     for ours, theirs in zip(history, reference_history):
         for key in ("train_loss", "val_loss", "lr"):
-            assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
+            assert ours[key] == pytest.approx(theirs[key], rel=rtol), key
         assert ours["train_accuracy"] == theirs["train_accuracy"]
     # The run moved far from its start: agreement is not that of two untrained models.
     start = MLP([5, 8, 6, 3], activation="tanh", dtype="float64").state_dict()["layers.0.weight"]
