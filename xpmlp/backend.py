@@ -95,7 +95,8 @@ class Backend:
     def synchronize(self) -> None:
         """Wait until queued device work is done (a no-op on the CPU)."""
         if self.name == "cupy":
-            self.xp.cuda.get_current_stream().synchronize()
+            with self.device:  # the compat namespace has no ``cuda``: CuPy's own module has
+                importlib.import_module("cupy").cuda.get_current_stream().synchronize()
         elif self.name == "torch" and self.is_gpu:
             import torch
 
