@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xpmlp import MLP, DataError, Trainer, evaluate, get_backend, to_numpy
+from xpmlp import MLP, DataError, DeviceError, Trainer, evaluate, get_backend, to_numpy
 
 
 @pytest.mark.parametrize("device", ["cuda:0", "cuda:1"])
@@ -122,3 +122,22 @@ def test_real_cupy_without_a_usable_gpu_is_one_line_and_auto_falls_back(tmp_path
     auto = _cli("device", "--device", "auto", home=home)
     assert auto.returncode == 0 and auto.stdout.startswith("cpu:")
     assert auto.stderr.startswith("xpmlp: no usable GPU") and len(auto.stderr.splitlines()) == 1
+
+
+def test_a_gpu_that_cannot_compute_is_one_line_and_auto_falls_back(cupy_standin, monkeypatch,
+                                                                     capsys):  # fmt: skip
+    # A machine with the driver but without CuPy's runtime libraries lists its GPUs and then fails
+    # at the first kernel: the probe finds that when the device is chosen.
+    import cupy
+
+    def no_nvrtc(*args, **kwargs):
+        raise RuntimeError("NVRTC_ERROR_COMPILATION (6)\nnvrtc: error: cannot open cuda_fp16.h")
+
+    monkeypatch.setattr(cupy.ndarray, "__mul__", no_nvrtc)
+    with pytest.raises(DeviceError, match=r"CuPy cannot run on cuda:0 \(RuntimeError: NVRTC_ERROR"):
+        get_backend("gpu")
+    assert get_backend("auto").name == "numpy"
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("xpmlp: no usable GPU (CuPy cannot run on cuda:0") and err.count("\n") == 1
+    )
