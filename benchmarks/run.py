@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data as data_module
 import gemm
+import launches
 import machine
 import peers
 from workloads import (
@@ -90,7 +91,9 @@ def parse_args(argv):
         "--workloads", help="comma-separated subset of workload names (b128-h300x300, ...)"
     )
     p.add_argument("--max-epochs", type=int, default=15, help="cap on epochs for time-to-accuracy")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: memory, tta")
+    p.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: memory, tta, launches"
+    )
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 5
@@ -459,6 +462,13 @@ def markdown(report: dict) -> str:
                 f"| {max(r['accuracy']) if r['accuracy'] else float('nan'):.4f} "
                 f"| {_trend(r['samples_per_s'])} |"
             )
+    if report["launches"]:
+        lines += ["", "Per training step (Adam; see benchmarks/launches.py for how each is counted):",
+                  "", "| network @ batch | framework | kernel launches | host→device | "
+                  "device→host | host syncs |", "|---|---|--:|--:|--:|--:|"]  # fmt: skip
+        for r in report["launches"]:
+            lines.append(f"| {r['label']} | {r['framework']} | {r['launches']} | "
+                         f"{r['host_to_device']} | {r['device_to_host']} | {r['syncs']} |")  # fmt: skip
     if report["targets"]:
         lines += ["", "| target | measured | met |", "|---|--:|---|"]
         for t in report["targets"]:
@@ -485,6 +495,15 @@ def check_targets(report: dict) -> list[dict]:
     device, targets = report["settings"]["device"], []
     if report["settings"]["quick"]:
         return targets
+    counted = [r for r in report["launches"]
+               if r["workload"] == HEADLINE.name and r["framework"] == "xpmlp"]  # fmt: skip
+    if counted:
+        step = counted[0]
+        targets.append({
+            "target": "b128: <= 30 kernel launches per step, no host sync (stand-in count)",
+            "measured": f"{step['launches']} launches, {step['syncs']} syncs",
+            "met": step["launches"] <= 30 and step["syncs"] == 0,
+        })  # fmt: skip
     by_name = {r["workload"]["name"]: r["contestants"] for r in report["throughput"]}
     head = by_name.get(HEADLINE.name, {})
     if device == "cpu" and "torch" in head:
@@ -624,6 +643,10 @@ def run(args) -> dict:
         if library != "torch" or peers.available("torch")
         for n in ((256,) if args.quick else (2048, 8192) if args.device == "gpu" else (2048,))
     ]
+    report["launches"] = []
+    if "launches" not in skip:
+        print("counting launches per step ...", file=sys.stderr, flush=True)
+        report["launches"] = launches.launch_counts(workloads)
     report["throughput"] = []
     for workload in workloads:
         print(f"timing {workload.label} ...", file=sys.stderr, flush=True)

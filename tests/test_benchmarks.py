@@ -74,6 +74,22 @@ def test_quick_run_measures_memory_and_time_to_accuracy(quick_report):
     assert xpmlp["train_seconds"] == sorted(xpmlp["train_seconds"])  # cumulative
 
 
+def test_quick_run_counts_launches_copies_and_syncs_per_step(quick_report):
+    report, stdout = quick_report
+    counts = {(r["workload"], r["framework"]): r for r in report["launches"]}
+    names = {record["workload"]["name"] for record in report["throughput"]}
+    assert {w for w, _ in counts} == names
+    for (_, framework), record in counts.items():
+        assert record["launches"] > 0 and record["counted_by"]
+        if framework == "xpmlp":  # the GPU contract, counted on the stand-in
+            assert (record["host_to_device"], record["device_to_host"], record["syncs"]) == (
+                0,
+                0,
+                0,
+            )
+    assert "| network @ batch | framework | kernel launches |" in stdout
+
+
 def test_quick_run_prints_a_markdown_table(quick_report):
     report, stdout = quick_report
     assert "| network @ batch | contestant | samples/s" in stdout
