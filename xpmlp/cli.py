@@ -323,6 +323,13 @@ def cmd_train(args) -> int:
             if ckpt is None:
                 raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
             train, data = _resumed_run(flags, ckpt)
+            state = ckpt["meta"]["trainer"]  # a malformed one is refused by resume_from below
+            epoch = state.get("epoch") if isinstance(state.get("epoch"), int) else -1
+            if epoch >= train.epochs or (epoch >= 0 and state.get("stopped_early") is True):
+                how = "stopped early" if state.get("stopped_early") else "finished"
+                print(f"the run in {run.path} has {how} at epoch {state['epoch']}; nothing to do "
+                      "(pass a larger --epochs to extend it)")  # fmt: skip
+                return 0
         backend = get_backend(args.device or "auto")
         model = model_of(ckpt, device=backend) if ckpt else None
         dtype = model.dtype_name if model else model_settings["dtype"]
@@ -347,11 +354,6 @@ def cmd_train(args) -> int:
         trainer = Trainer(model, train)
         if ckpt is not None:
             resume_from(trainer, ckpt)
-            if trainer.done:
-                how = "stopped early" if trainer.stopped_early else "finished"
-                print(f"the run in {run.path} has {how} at epoch {trainer.epoch}; nothing to do "
-                      "(pass a larger --epochs to extend it)")  # fmt: skip
-                return 0
         return _train(trainer, run, prepared, data, quiet=bool(args.quiet))
 
 
