@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import xpmlp
-from xpmlp import MLP, CheckpointError, ConfigError, RunDir, fit, load_model, training
+from xpmlp import MLP, CheckpointError, ConfigError, RunDir, fit, fitting, load_model, training
 from xpmlp.checkpoint import checkpoint_name
 
 # A step schedule: unlike cosine, it does not depend on the run's length, so a run of 2 epochs
@@ -127,7 +127,7 @@ def test_a_reader_writes_nothing(tmp_path, problem):
     X, y, _ = problem
     reader = RunDir(tmp_path / "r", writer=False).create()
     trainer = xpmlp.Trainer(_model(), epochs=1, **{k: v for k, v in SETTINGS.items()})
-    training.train_in_run(trainer, reader, X, y)
+    fitting.train_in_run(trainer, reader, X, y)
     assert not (tmp_path / "r").exists() and trainer.epoch == 1
 
 

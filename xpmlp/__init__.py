@@ -18,13 +18,14 @@ from .errors import (
     NonFiniteError,
     XpmlpError,
 )
+from .fitting import fit
 from .gradcheck import gradcheck
 from .inputs import Scaler
 from .metrics import evaluate
 from .model import MLP, LayerRecord
 from .optim import Schedule, clip_grad_norm, make_optimizer
 from .runs import RunDir, load_model
-from .training import Trainer, fit
+from .training import Trainer
 
 __all__ = [
     "__version__",

@@ -26,13 +26,14 @@ from .backend import get_backend, to_numpy
 from .config import DataConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, XpmlpError
 from .files import write_atomic
+from .fitting import RESUMABLE, resume_from, train_in_run
 from .inputs import Scaler, check_finite, check_rows, encode_labels, find_classes
 from .metrics import evaluate
 from .model import MLP
 from .ops import ACTIVATIONS
 from .optim import OPTIMIZERS, SCHEDULES
 from .runs import RunDir, classes_of, load_model, model_of, trainer_state, versions
-from .training import RESUMABLE, Trainer, resume_from, train_in_run
+from .training import Trainer
 
 DEFAULT_HIDDEN = (300, 300)
 MODEL_FLAGS = ("hidden", "activation", "dropout", "dtype", "l2")

@@ -15,19 +15,14 @@ import numpy as np
 
 from . import rng
 from .backend import on_device, to_numpy
-from .checkpoint import checkpoint_name
 from .config import TrainConfig
 from .diagnostics import diagnose_nonfinite
 from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
-from .inputs import Scaler, check_rows
+from .inputs import check_rows
 from .metrics import correct_count, evaluate, zero
 from .model import MLP
 from .optim import Optimizer, Schedule, clip_grad_norm, make_optimizer
-from .runs import RunDir, trainer_state
 from .signals import DeferredStop
-
-# Settings that may change when a run is resumed: how long it runs and how it is checkpointed.
-RESUMABLE = ("epochs", "checkpoint_every", "keep_checkpoints")
 
 
 class Trainer:
@@ -315,145 +310,3 @@ class Trainer:
             raise
         self.epoch, self.history, self.stopped_early = epoch, history, stopped
         self.best = {**best, "params": state.get("best")}
-
-
-def fit(
-    model: MLP,
-    X,
-    y,
-    *,
-    validation_data: tuple | None = None,
-    test_data: tuple | None = None,
-    out=None,
-    resume: bool = False,
-    overwrite: bool = False,
-    scaler: Scaler | None = None,
-    config: TrainConfig | None = None,
-    callbacks: Sequence[Callable] = (),
-    **settings,
-) -> list[dict]:
-    """Train ``model`` on (X, y) with minibatch gradient descent; returns the per-epoch history.
-
-    Parameters
-    ----------
-    model : MLP
-    X : array of shape (n_samples, n_inputs)
-    y : array of shape (n_samples,) with integer labels (cross-entropy), or
-        (n_samples, n_outputs) targets (mse)
-    validation_data, test_data : (X, y) tuples, optional
-        Evaluated after every epoch.
-    out : path-like, optional
-        A run directory (see :mod:`xpmlp.runs`): config, metrics, curves and checkpoints are
-        written there, as by ``xpmlp train``.
-    resume : bool
-        Continue the run in ``out`` from its newest checkpoint, bit for bit (a fresh run when it
-        has none, so the call is safe to repeat). The model's config and the training settings
-        must match the run's, except ``epochs``, ``checkpoint_every`` and ``keep_checkpoints``.
-    overwrite : bool
-        Replace a run already in ``out``.
-    scaler : Scaler, optional
-        The scaling already applied to X, saved with the checkpoints.
-    config : TrainConfig, optional
-    **settings
-        :class:`~xpmlp.config.TrainConfig` fields (``optimizer``, ``lr``, ``batch_size``,
-        ``epochs``, ``schedule``, ``seed``, ...), alone or overriding ``config``'s.
-
-    Returns
-    -------
-    list of dict
-        One record per epoch: ``epoch``, ``train_loss``, ``train_accuracy``, ``val_loss``,
-        ``val_accuracy``, ``test_loss``, ``test_accuracy``, ``lr``, ``seconds`` (training time
-        of the epoch, evaluation excluded) and ``samples_per_second``.
-    """
-    trainer = Trainer(model, config, **settings)
-    if out is None:
-        return trainer.fit(
-            X, y, validation_data=validation_data, test_data=test_data, callbacks=callbacks
-        )
-    run = RunDir(out)
-    with run.open() if resume and run.path.is_dir() else run.create(overwrite=overwrite):
-        if resume and (ckpt := run.load_latest()) is not None:
-            resume_from(trainer, ckpt)
-        return train_in_run(trainer, run, X, y, validation_data=validation_data,
-                            test_data=test_data, scaler=scaler, callbacks=callbacks)  # fmt: skip
-
-
-def resume_from(trainer: Trainer, ckpt: dict) -> None:
-    """Load a checkpoint into ``trainer``, refusing a model or settings that differ from the run's."""
-    state = trainer_state(ckpt)
-    saved_model, ours = ckpt["meta"].get("model"), trainer.model.config()
-    if saved_model != ours:
-        diff = sorted(k for k in ours if ours.get(k) != (saved_model or {}).get(k))
-        raise ConfigError(
-            f"the model differs from the run's in {ckpt['path']}: {diff[0]} is "
-            f"{ours[diff[0]]!r} here but {(saved_model or {}).get(diff[0])!r} in the run"
-        )
-    conflicts = setting_conflicts(trainer.config, state["meta"].get("config") or {})
-    if conflicts:
-        name, here, there = conflicts[0]
-        raise ConfigError(
-            f"{name} is {here!r} here but {there!r} in the run being resumed; only "
-            f"{', '.join(RESUMABLE)} may change on resume"
-        )
-    trainer.load_state_dict(state)
-
-
-def setting_conflicts(config: TrainConfig, saved: dict) -> list[tuple]:
-    """(name, ours, saved) for each setting that differs from a run's, other than :data:`RESUMABLE`."""
-    ours = config.to_dict()
-    return [
-        (name, ours[name], saved.get(name))
-        for name in ours
-        if name not in RESUMABLE and name in saved and saved[name] != ours[name]
-    ]
-
-
-def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, test_data=None,
-                 scaler: Scaler | None = None, classes=None, data: dict | None = None,
-                 info: dict | None = None,
-                 callbacks: Sequence[Callable] = (), on_batch=None,
-                 notify: Callable[[str], None] | None = None) -> list[dict]:  # fmt: skip
-    """:meth:`Trainer.fit` that leaves a run directory behind: config, metrics, checkpoints, curves.
-
-    A checkpoint of the starting epoch is written first, so the run can always be resumed; then
-    one every ``checkpoint_every`` epochs and at the end. SIGINT and SIGTERM are deferred to the
-    next step boundary (:class:`~xpmlp.signals.DeferredStop`); on an interrupt the last completed
-    epoch is saved before :class:`~xpmlp.signals.Interrupted` propagates. ``data`` (where the data
-    came from) goes into the checkpoints, ``info`` into config.json, and ``notify(text)`` hears
-    what the user should know (a skipped plot).
-    """
-    model, config = trainer.model, trainer.config
-
-    def save() -> None:
-        run.save(trainer.state_dict(), model=model, data=data, scaler=scaler, classes=classes,
-                 keep=config.keep_checkpoints)  # fmt: skip
-
-    def after_epoch(trainer: Trainer, record: dict) -> None:
-        if record["epoch"] % config.checkpoint_every == 0 or trainer.done or trainer.stop_requested:
-            save()
-        run.append_metrics(record)
-
-    with DeferredStop() as stop:
-        run.write_config({
-            "train": config.to_dict(), "model": model.config(), "data": data,
-            "scaling": scaler.method if scaler is not None else None,
-            "device": model.backend.spec, "device_name": model.backend.device_name(),
-            **(info or {}),
-        })  # fmt: skip
-        run.write_metrics(trainer.history)
-        latest = run.latest()
-        if latest is None or latest.name != checkpoint_name(trainer.epoch):
-            save()
-        trainer.stop_signal = stop
-        try:
-            trainer.fit(X, y, validation_data=validation_data, test_data=test_data,
-                        callbacks=[after_epoch, *callbacks], on_batch=on_batch)  # fmt: skip
-        except KeyboardInterrupt:
-            save()
-            raise
-        finally:
-            trainer.stop_signal = None
-        if not run.plot(trainer.history) and notify is not None:
-            notify("matplotlib is not installed: curves.png skipped (pip install 'xpmlp[plot]')")
-        stop.check()  # a signal during the plot: everything is saved; report the interrupt
-    return trainer.history
