@@ -15,6 +15,7 @@ from .errors import (
     ConfigError,
     DataError,
     DeviceError,
+    DivergedError,
     NonFiniteError,
     XpmlpError,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "DataConfig",
     "DataError",
     "DeviceError",
+    "DivergedError",
     "LayerRecord",
     "NonFiniteError",
     "RunDir",

@@ -358,7 +358,17 @@ def cmd_train(args) -> int:
         return _train(trainer, run, prepared, data, quiet=bool(args.quiet))
 
 
+def _report_epoch(progress, record: dict, heard: set) -> None:
+    """The epoch's line, then each note the first time its code appears."""
+    progress.on_epoch(record)
+    for note in record.get("notes", ()):
+        if note["code"] not in heard:
+            heard.add(note["code"])
+            progress.message(f"note [{note['code']}]: {note['message']}")
+
+
 def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -> int:
+    heard = {n["code"] for r in trainer.history for n in r.get("notes", ())}
     X_train, y_train = prepared.train
     progress = reporting.Progress(trainer.epochs, quiet=quiet)
     progress.message(f"training {trainer.model} on {len(y_train):,} samples from "
@@ -368,7 +378,7 @@ def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -
             trainer, run, X_train, y_train, validation_data=prepared.val,
             test_data=prepared.test, scaler=prepared.scaler, classes=prepared.classes,
             data=data.to_dict(), info={"data_source": prepared.source, "n_train": len(y_train)},
-            callbacks=[lambda trainer, record: progress.on_epoch(record)],
+            callbacks=[lambda trainer, record: _report_epoch(progress, record, heard)],
             on_batch=progress.on_batch, notify=progress.message,
         )  # fmt: skip
     except KeyboardInterrupt as exc:
@@ -383,13 +393,21 @@ def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -
 
 
 def _print_summary(trainer: Trainer, out: Path) -> None:
+    """The last line: the epoch whose weights the run ends with (the best one after early
+    stopping, which says when it fired)."""
     last = trainer.history[-1]
+    kept = last
+    if trainer.stopped_early and trainer.best["params"] is not None:
+        kept = trainer.history[trainer.best["epoch"] - 1]
+        print(f"early stopping: no better validation loss for {trainer.config.early_stopping} "
+              f"epochs after epoch {kept['epoch']}; its weights are restored "
+              f"(epoch {last['epoch']} was the last trained)", file=sys.stderr)  # fmt: skip
     parts = [
-        f"{k} {last[k]:.4f}"
+        f"{k} {kept[k]:.4f}"
         for k in ("train_accuracy", "val_accuracy", "test_accuracy")
-        if last.get(k) is not None
+        if kept.get(k) is not None
     ]
-    print(f"done: epoch {last['epoch']}  " + "  ".join(parts) + f"  -> {out}")
+    print(f"done: epoch {kept['epoch']}  " + "  ".join(parts) + f"  -> {out}")
 
 
 # ---------------------------------------------------------------------- evaluate and predict

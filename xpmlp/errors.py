@@ -23,3 +23,7 @@ class CheckpointError(XpmlpError, ValueError):
 
 class NonFiniteError(XpmlpError, FloatingPointError):
     """Training produced a NaN or infinite loss; the message carries the diagnosis."""
+
+
+class DivergedError(XpmlpError, ArithmeticError):
+    """Training loss grew far above its starting value while staying finite."""

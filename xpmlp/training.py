@@ -16,8 +16,16 @@ import numpy as np
 from . import rng
 from .backend import on_device, to_numpy
 from .config import TrainConfig
-from .diagnostics import diagnose_nonfinite
-from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
+from .diagnostics import (
+    DIVERGENCE_FACTOR,
+    PROBE_ROWS,
+    diagnose_nonfinite,
+    diverged,
+    health,
+    notes_for,
+    unscaled_advice,
+)
+from .errors import CheckpointError, ConfigError, DataError, DivergedError, NonFiniteError
 from .inputs import check_rows
 from .metrics import correct_count, evaluate, zero
 from .model import MLP
@@ -52,6 +60,8 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"value": math.inf, "epoch": 0, "params": None, "wait": 0}
         self.stopped_early = False
+        self.initial_loss: float | None = None  # on the probe batch, before training: divergence
+        self.input_max: float | None = None  # largest |input| on the probe batch: scaling advice
         self.stop_requested = False
         self.stop_signal: DeferredStop | None = None  # checked between steps (see signals.py)
 
@@ -171,6 +181,7 @@ class Trainer:
         validation_data = self._on_device(validation_data)
         test_data = self._on_device(test_data)
         self.stop_requested = False
+        self._probe = self._probe_batch(X, y)
         # Overflow is detected once per epoch and diagnosed below; NumPy's warnings would only
         # repeat it once per step.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -178,6 +189,22 @@ class Trainer:
         if self.config.early_stopping is not None and self.best["params"] is not None:
             model.load_state_dict(self.best["params"])
         return self.history
+
+    def _probe_batch(self, X, y):
+        """The fixed rows health is measured on; their scale and, before training, their loss
+        (two reads, once per fit)."""
+        model, xp = self.model, self.model.xp
+        n = min(PROBE_ROWS, X.shape[0])
+        probe = (X[:n, ...], y[:n, ...])
+        self.input_max = float(to_numpy(xp.max(xp.abs(probe[0]))))
+        if self.initial_loss is None:
+            if self.history:  # resumed from a checkpoint that predates the probe
+                self.initial_loss = float(self.history[0]["train_loss"])
+            else:
+                outputs = model.outputs(probe[0])
+                loss, _ = model.output_loss(outputs, model.targets(probe[1]))
+                self.initial_loss = float(to_numpy(loss))
+        return probe
 
     def _run_epochs(self, X, y, validation_data, test_data, callbacks, on_batch) -> None:
         while not self.done and not self.stop_requested:
@@ -188,17 +215,39 @@ class Trainer:
                 record = {"epoch": self.epoch + 1, **self.train_epoch(X, y, on_batch=on_batch)}
                 if not math.isfinite(record["train_loss"]):
                     self.restore(good)
-                    raise NonFiniteError(self.diagnose_nonfinite(X, y))
+                    advice = unscaled_advice(self.input_max)
+                    raise NonFiniteError(self.diagnose_nonfinite(X, y) + advice)
+                if diverged(record["train_loss"], self.initial_loss):
+                    self.restore(good)
+                    raise DivergedError(self._divergence_message(record))
                 record.update(self._evaluate("val", validation_data))
                 record.update(self._evaluate("test", test_data))
+                record["health"] = health(self.model, *self._probe, before=good["params"])
             except KeyboardInterrupt:
                 self.restore(good)  # back to the last completed epoch, which can be resumed exactly
                 raise
+            notes = notes_for([*self.history, record], input_max=self.input_max,
+                              n_classes=self.model.n_outputs if self._classifies else None)  # fmt: skip
+            if notes:
+                record["notes"] = notes
             self.epoch += 1
             self.history.append(record)
             self._early_stopping(record)
             for callback in callbacks:
                 callback(self, record)
+
+    @property
+    def _classifies(self) -> bool:
+        return self.model.loss_name == "cross_entropy"
+
+    def _divergence_message(self, record: dict) -> str:
+        return (
+            f"the loss diverged in epoch {record['epoch']}: {record['train_loss']:.4g}, far above "
+            f"its starting {self.initial_loss:.4g} (the run stops above "
+            f"{DIVERGENCE_FACTOR:g}x + 1) at learning rate {record['lr']:.3g}. Lower the learning "
+            "rate, or clip gradients (--clip-norm); the weights are those of the last good "
+            f"epoch{unscaled_advice(self.input_max)}"
+        )
 
     def _on_device(self, data):
         if data is None:
@@ -273,6 +322,7 @@ class Trainer:
                 "optimizer_steps": optimizer["steps"],
                 "best": {k: v for k, v in self.best.items() if k != "params"},
                 "stopped_early": self.stopped_early,
+                "initial_loss": self.initial_loss,
             },
             "params": self.model.state_dict(),
             "optimizer": optimizer["slots"],
@@ -309,4 +359,6 @@ class Trainer:
             self.model.params = before
             raise
         self.epoch, self.history, self.stopped_early = epoch, history, stopped
+        initial = meta.get("initial_loss")
+        self.initial_loss = float(initial) if isinstance(initial, int | float) else None
         self.best = {**best, "params": state.get("best")}
