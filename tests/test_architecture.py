@@ -21,7 +21,7 @@ LAYERS = {
     "optim": 4, "gradcheck": 4, "metrics": 4, "diagnostics": 4,
     "config": 5, "runs": 5,
     "training": 6,
-    "fitting": 7,
+    "fitting": 7, "prepare": 7,
     "cli": 8, "__init__": 8, "__main__": 9,
 }  # fmt: skip
 DEVICE_LIBRARIES = {"cupy", "torch", "array_api_strict"}

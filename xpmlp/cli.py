@@ -15,23 +15,23 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import datasets, reporting, userdata
+from . import reporting, userdata
 from ._version import __version__
 from .backend import get_backend, to_numpy
 from .config import DataConfig, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, XpmlpError
 from .files import write_atomic
 from .fitting import RESUMABLE, resume_from, train_in_run
-from .inputs import Scaler, check_finite, check_rows, encode_labels, find_classes
+from .inputs import Scaler, check_rows, encode_labels
 from .metrics import evaluate
 from .model import MLP
 from .ops import ACTIVATIONS
 from .optim import OPTIMIZERS, SCHEDULES
+from .prepare import Prepared, load_data, prepare, scaled
 from .runs import RunDir, classes_of, load_model, model_of, trainer_state, versions
 from .training import Trainer
 
@@ -181,68 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- data
 
 
-def _label_column(text):
-    return int(text) if isinstance(text, str) and text.lstrip("-").isdigit() else text
-
-
-def _load_data(data: DataConfig):
-    """Host arrays (X_train, y_train, X_test, y_test, classes, description), checked; labels are
-    as in the files. ``classes`` is known for a built-in dataset, None for files."""
-    if data.builtin:
-        found = datasets.load_dataset(data.dataset, data_dir=data.data_dir, download=data.download)
-        return (found.X_train, found.y_train, found.X_test, found.y_test,
-                np.arange(found.n_classes), found.source)  # fmt: skip
-    column = _label_column(data.label_column)
-    X, y = userdata.load_arrays(data.dataset, label_column=column)
-    X_test = y_test = None
-    if data.test_dataset:
-        X_test, y_test = userdata.load_arrays(data.test_dataset, label_column=column)
-        if X_test.shape[1] != X.shape[1]:
-            raise DataError(
-                f"the test data has {X_test.shape[1]} features; the training data has {X.shape[1]}"
-            )
-    return X, y, X_test, y_test, None, data.dataset
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A run's data, ready for the device: (X, y) pairs with y as output indices."""
-
-    train: tuple
-    val: tuple | None
-    test: tuple | None
-    scaler: Scaler
-    classes: np.ndarray
-    source: str
-
-
-def _scaled(scaler: Scaler, X, dtype: str, where: str):
-    X = scaler.transform(X, dtype)
-    check_finite(X, where=f"{where} after scaling to {dtype}")  # 1e39 is finite in float64 only
-    return X
-
-
-def _prepare(data: DataConfig, *, seed: int, dtype: str, scaler: Scaler | None) -> Prepared:
-    X, y, X_test, y_test, classes, source = _load_data(data)
-    if classes is None:
-        classes = find_classes(y, y_test, where=f"the labels of {source}")
-    y = encode_labels(y, classes, where=source)
-    if y_test is not None:
-        y_test = encode_labels(y_test, classes, where=data.test_dataset or source)
-    X_train, y_train, X_val, y_val = datasets.train_val_split(X, y, data.val_fraction, seed=seed)
-    if len(X_train) == 0:
-        raise DataError(f"the training split of {source} is empty")
-    scaler = scaler or Scaler.fit(X_train, data.scaling)
-    return Prepared(
-        train=(_scaled(scaler, X_train, dtype, source), y_train),
-        val=(_scaled(scaler, X_val, dtype, source), y_val) if len(X_val) else None,
-        test=(_scaled(scaler, X_test, dtype, data.test_dataset or source), y_test)
-        if X_test is not None
-        else None,
-        scaler=scaler, classes=classes, source=source,
-    )  # fmt: skip
-
-
 # ---------------------------------------------------------------------- train
 
 
@@ -337,7 +275,7 @@ def cmd_train(args) -> int:
         saved_scaler = None
         if ckpt is not None and ckpt["scaling"]:
             saved_scaler = Scaler.from_state_dict(ckpt["scaling"], ckpt["meta"].get("scaling"))
-        prepared = _prepare(data, seed=train.seed, dtype=dtype, scaler=saved_scaler)
+        prepared = prepare(data, seed=train.seed, dtype=dtype, scaler=saved_scaler)
         n_features, n_classes = prepared.train[0].shape[1], len(prepared.classes)
         if model is None:
             model = MLP([n_features, *model_settings.pop("hidden"), n_classes],
@@ -424,7 +362,7 @@ def _scale_input(X, scaler: Scaler | None, model: MLP, where: str):
         print(f"xpmlp: warning: {where} looks already scaled (values within [{X.min():.3g}, "
               f"{X.max():.3g}]; the model was trained on raw values and scales them itself "
               f"({scaler.method})); pass raw values", file=sys.stderr)  # fmt: skip
-    return _scaled(scaler, X, model.dtype_name, where)
+    return scaled(scaler, X, model.dtype_name, where)
 
 
 def cmd_evaluate(args) -> int:
@@ -432,7 +370,7 @@ def cmd_evaluate(args) -> int:
     classes = classes_of(ckpt, model)
     data = DataConfig(dataset=args.dataset, data_dir=args.data_dir, label_column=args.label_column,
                       download=not args.no_download)  # fmt: skip
-    X_train, y_train, X_test, y_test, _, source = _load_data(data)
+    X_train, y_train, X_test, y_test, _, source = load_data(data)
     X, y = (X_test, y_test) if data.builtin and args.split == "test" else (X_train, y_train)
     check_rows(X, y, where=args.dataset)
     X = _scale_input(X, scaler, model, where=f"{args.dataset}")
