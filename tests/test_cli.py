@@ -629,3 +629,26 @@ def test_device_command_probes_the_device(capsys, cupy_standin):
     out = capsys.readouterr().out
     assert "cuda:1" in out and "CuPy stand-in device 1" in out and "probe passed" in out
     assert cupy_standin.launches > 0 and cupy_standin.syncs >= 1
+
+
+def test_evaluate_names_the_classes_of_a_built_in_dataset(tmp_path, capsys):
+    from xpmlp.datasets import CLASS_NAMES, FILENAMES
+    from xpmlp.idx import write_idx
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    for name, array in zip(FILENAMES, (rng.integers(0, 256, (50, 4, 4), dtype=np.uint8),
+                                       np.arange(50, dtype=np.uint8) % 10,
+                                       rng.integers(0, 256, (20, 4, 4), dtype=np.uint8),
+                                       np.arange(20, dtype=np.uint8) % 10)):  # fmt: skip
+        write_idx(folder / name, array)
+    common = ["--dataset", "fashion-mnist", "--data-dir", str(folder), "--device", "cpu"]
+    assert main(["train", *common, "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "r"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "Ankle boot:" in out and "T-shirt/top:" in out
+    assert main(["evaluate", str(tmp_path / "r"), *common, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["class_names"] == CLASS_NAMES["fashion-mnist"]

@@ -150,3 +150,59 @@ def test_a_finite_divergence_is_one_line_and_keeps_the_last_good_checkpoint(tmp_
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert len(records) == epoch  # nothing recorded for the failed epoch
+
+
+# ---------------------------------------------------------------------- the run's story
+
+
+def test_fit_tells_its_progress_when_asked(separable, capsys):
+    X, y = separable
+    model = MLP([6, 16, 3], seed=0)
+    state = model.state_dict()
+    state["layers.0.bias"][:] = -50.0
+    model.load_state_dict(state)
+    fit(model, X, y, epochs=2, batch_size=64, verbose=True)
+    err = capsys.readouterr().err
+    assert [line.split()[1] for line in err.splitlines() if line.startswith("epoch ")] == [
+        "1/2",
+        "2/2",
+    ]
+    assert err.count("note [dead_units]") == 1  # told once, though both epochs carry it
+    fit(MLP([6, 4, 3]), X, y, epochs=1, verbose=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_plot_overlays_runs_and_curves_mark_the_best_epoch(tmp_path, separable, capsys):
+    pytest.importorskip("matplotlib")
+    X, y = separable
+    for name, lr in (("a", 1e-3), ("b", 1e-2)):
+        fit(MLP([6, 8, 3]), X, y, epochs=3, lr=lr, validation_data=(X[:50], y[:50]),
+            out=tmp_path / name)  # fmt: skip
+        assert (tmp_path / name / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    out = tmp_path / "compare.png"
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "val_loss",
+                 "--output", str(out)]) == 0  # fmt: skip
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["plot", str(tmp_path / "a"), "--metric", "nonsense"]) == 2
+    assert "no values of 'nonsense'" in capsys.readouterr().err
+
+
+def test_early_stopping_says_when_it_fired_and_done_reports_the_kept_epoch(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5)).astype(np.float32)
+    y = (X @ rng.normal(size=(5, 3))).argmax(axis=1)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    np.savez(tmp_path / "v.npz", X=X[:60], y=(y[:60] + 1) % 3)  # a test set it cannot learn
+    assert main(["train", "--device", "cpu", "--dataset", str(tmp_path / "d.npz"), "--hidden", "16",
+                 "--val-fraction", "0.3", "--early-stopping", "2", "--lr", "0.05",
+                 "--epochs", "40", "--out", str(tmp_path / "r"), "--quiet"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    best = min(records, key=lambda r: r["val_loss"])
+    assert records[-1]["early_stopped"] and best["epoch"] < records[-1]["epoch"]
+    assert (
+        f"early stopping: no better validation loss for 2 epochs after epoch {best['epoch']}"
+        in captured.err
+    )
+    assert captured.out.startswith(f"done: epoch {best['epoch']} ")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import reporting, userdata
+from . import datasets, reporting, userdata
 from ._version import __version__
 from .backend import get_backend, to_numpy
 from .config import DataConfig, TrainConfig
@@ -171,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict_cmd.add_argument("--device", default="auto", help="cpu, gpu, cuda:N or auto")
 
+    plot_cmd = commands.add_parser(
+        "plot", help="overlay a metric of several runs", formatter_class=fmt
+    )
+    plot_cmd.add_argument("runs", nargs="+", help="run directories")
+    plot_cmd.add_argument("--metric", default="test_loss",
+                          help="a metrics.jsonl field: train_loss, val_accuracy, lr, ...")  # fmt: skip
+    plot_cmd.add_argument("--output", default="compare.png", help="the PNG to write")
+
     device_cmd = commands.add_parser(
         "device", help="check a device: run a kernel and a matmul on it", formatter_class=fmt
     )
@@ -296,19 +304,10 @@ def cmd_train(args) -> int:
         return _train(trainer, run, prepared, data, quiet=bool(args.quiet))
 
 
-def _report_epoch(progress, record: dict, heard: set) -> None:
-    """The epoch's line, then each note the first time its code appears."""
-    progress.on_epoch(record)
-    for note in record.get("notes", ()):
-        if note["code"] not in heard:
-            heard.add(note["code"])
-            progress.message(f"note [{note['code']}]: {note['message']}")
-
-
 def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -> int:
-    heard = {n["code"] for r in trainer.history for n in r.get("notes", ())}
     X_train, y_train = prepared.train
-    progress = reporting.Progress(trainer.epochs, quiet=quiet)
+    heard = {n["code"] for r in trainer.history for n in r.get("notes", ())}
+    progress = reporting.Progress(trainer.epochs, quiet=quiet, heard=heard)
     progress.message(f"training {trainer.model} on {len(y_train):,} samples from "
                      f"{prepared.source}; run directory {run.path}")  # fmt: skip
     try:
@@ -316,7 +315,7 @@ def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -
             trainer, run, X_train, y_train, validation_data=prepared.val,
             test_data=prepared.test, scaler=prepared.scaler, classes=prepared.classes,
             data=data.to_dict(), info={"data_source": prepared.source, "n_train": len(y_train)},
-            callbacks=[lambda trainer, record: _report_epoch(progress, record, heard)],
+            callbacks=[lambda trainer, record: progress.on_epoch(record)],
             on_batch=progress.on_batch, notify=progress.message,
         )  # fmt: skip
     except KeyboardInterrupt as exc:
@@ -381,6 +380,7 @@ def cmd_evaluate(args) -> int:
     result = {
         "checkpoint": str(ckpt["path"]), "dataset": args.dataset, "samples": len(y),
         "loss": metrics["loss"], "accuracy": metrics["accuracy"], "classes": classes.tolist(),
+        "class_names": datasets.CLASS_NAMES.get(args.dataset) if data.builtin else None,
         "per_class_accuracy": per_class.tolist(), "confusion_matrix": confusion.tolist(),
     }  # fmt: skip
     if args.json:
@@ -388,7 +388,9 @@ def cmd_evaluate(args) -> int:
         return 0
     print(f"{result['checkpoint']} on {args.dataset} ({len(y)} samples): "
           f"loss {metrics['loss']:.4f}  accuracy {metrics['accuracy']:.4f}")  # fmt: skip
-    print("per-class accuracy: " + "  ".join(f"{c}:{a:.3f}" for c, a in zip(classes, per_class)))
+    names = datasets.CLASS_NAMES.get(args.dataset) if data.builtin else None
+    labels = [names[c] if names else str(c) for c in classes]
+    print("per-class accuracy: " + "  ".join(f"{c}:{a:.3f}" for c, a in zip(labels, per_class)))
     print("confusion matrix (rows: true class, columns: predicted; classes " +
           " ".join(map(str, classes)) + "):")  # fmt: skip
     width = max(len(str(confusion.max())), 3)
@@ -422,8 +424,26 @@ def cmd_device(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    runs = {}
+    for name in args.runs:
+        path = Path(name) / "metrics.jsonl"
+        if not path.is_file():
+            raise DataError(f"{name} is not a run directory (no metrics.jsonl)")
+        try:
+            runs[name] = [json.loads(line) for line in path.read_text().splitlines() if line]
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} is not JSON lines: {exc}") from None
+        if not any(record.get(args.metric) is not None for record in runs[name]):
+            raise DataError(f"{path} has no values of {args.metric!r}")
+    if not reporting.plot_runs(runs, args.metric, args.output):
+        raise ConfigError("xpmlp plot needs matplotlib: pip install 'xpmlp[plot]'")
+    print(f"wrote {args.output}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "device": cmd_device}  # fmt: skip
+            "device": cmd_device, "plot": cmd_plot}  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -33,6 +33,11 @@ FILENAMES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 N_CLASSES = {"mnist": 10, "fashion-mnist": 10}
+CLASS_NAMES = {
+    "mnist": [str(digit) for digit in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+}  # fmt: skip
 
 # Base URLs, tried in order.
 MIRRORS = {

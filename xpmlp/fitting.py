@@ -4,8 +4,10 @@ command line shares with it (resuming a run, refusing changed settings, writing 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
+from . import reporting
 from .checkpoint import checkpoint_name
 from .config import TrainConfig
 from .errors import ConfigError
@@ -32,6 +34,7 @@ def fit(
     scaler: Scaler | None = None,
     config: TrainConfig | None = None,
     callbacks: Sequence[Callable] = (),
+    verbose: bool | None = None,
     **settings,
 ) -> list[dict]:
     """Train ``model`` on (X, y) with minibatch gradient descent; returns the per-epoch history.
@@ -56,6 +59,10 @@ def fit(
     scaler : Scaler, optional
         The scaling already applied to X, saved with the checkpoints.
     config : TrainConfig, optional
+    callbacks : callables ``(trainer, record)``, run after every epoch
+    verbose : bool or None
+        Show a progress bar and one line per epoch (with the training notes) on stderr; None
+        (the default) shows them in a terminal or notebook only.
     **settings
         :class:`~xpmlp.config.TrainConfig` fields (``optimizer``, ``lr``, ``batch_size``,
         ``epochs``, ``schedule``, ``seed``, ...), alone or overriding ``config``'s.
@@ -68,16 +75,26 @@ def fit(
         of the epoch, evaluation excluded) and ``samples_per_second``.
     """
     trainer = Trainer(model, config, **settings)
+    if verbose is None:
+        verbose = sys.stderr.isatty() or "ipykernel" in sys.modules
+    progress = reporting.Progress(trainer.epochs, quiet=not verbose)
+    callbacks = [lambda trainer, record: progress.on_epoch(record), *callbacks]
     if out is None:
-        return trainer.fit(
-            X, y, validation_data=validation_data, test_data=test_data, callbacks=callbacks
-        )
+        try:
+            return trainer.fit(X, y, validation_data=validation_data, test_data=test_data,
+                               callbacks=callbacks, on_batch=progress.on_batch)  # fmt: skip
+        finally:
+            progress.close()
     run = RunDir(out)
     with run.open() if resume and run.path.is_dir() else run.create(overwrite=overwrite):
         if resume and (ckpt := run.load_latest()) is not None:
             resume_from(trainer, ckpt)
-        return train_in_run(trainer, run, X, y, validation_data=validation_data,
-                            test_data=test_data, scaler=scaler, callbacks=callbacks)  # fmt: skip
+        try:
+            return train_in_run(trainer, run, X, y, validation_data=validation_data,
+                                test_data=test_data, scaler=scaler, callbacks=callbacks,
+                                on_batch=progress.on_batch, notify=progress.message)  # fmt: skip
+        finally:
+            progress.close()
 
 
 def resume_from(trainer: Trainer, ckpt: dict) -> None:
@@ -155,7 +172,23 @@ def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, t
             raise
         finally:
             trainer.stop_signal = None
-        if not run.plot(trainer.history) and notify is not None:
+        plotted = run.plot(trainer.history, title=_title(trainer), best_epoch=_best_epoch(trainer))
+        if not plotted and notify is not None:
             notify("matplotlib is not installed: curves.png skipped (pip install 'xpmlp[plot]')")
         stop.check()  # a signal during the plot: everything is saved; report the interrupt
     return trainer.history
+
+
+def _title(trainer: Trainer) -> str:
+    model, c = trainer.model, trainer.config
+    sizes = "-".join(map(str, model.layer_sizes))
+    return (f"{sizes} {model.activation.name}, {c.optimizer} lr {c.lr:g} ({c.schedule}), "
+            f"batch {c.batch_size}")  # fmt: skip
+
+
+def _best_epoch(trainer: Trainer) -> int | None:
+    """The epoch early stopping kept, else the one with the lowest validation loss."""
+    if trainer.config.early_stopping is not None and trainer.best["epoch"]:
+        return int(trainer.best["epoch"])
+    scored = [r for r in trainer.history if r.get("val_loss") is not None]
+    return min(scored, key=lambda r: r["val_loss"])["epoch"] if scored else None

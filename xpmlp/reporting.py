@@ -46,20 +46,22 @@ def format_epoch(record: dict, total_epochs: int) -> str:
 
 
 class Progress:
-    """A tqdm bar per epoch when stderr is a terminal; otherwise one line per epoch.
+    """A tqdm bar per epoch in a terminal or a notebook (tqdm's auto mode), then one line per
+    epoch, and each training note the first time its code appears.
 
-    ``quiet`` silences both. Without tqdm installed, the per-epoch lines are used.
+    ``quiet`` silences all of it. Without tqdm installed, only the lines are shown.
     """
 
-    def __init__(self, total_epochs: int, *, quiet: bool = False, stream=None):
+    def __init__(self, total_epochs: int, *, quiet: bool = False, stream=None, heard=()):
         self.total_epochs = total_epochs
         self.quiet = quiet
         self.stream = stream or sys.stderr
+        self.heard = set(heard)  # note codes already told (a resumed run's)
         self._bar = None
         self._tqdm = None
-        if not quiet and self.stream.isatty():
+        if not quiet and (self.stream.isatty() or "ipykernel" in sys.modules):
             try:
-                from tqdm import tqdm
+                from tqdm.auto import tqdm
 
                 self._tqdm = tqdm
             except ImportError:
@@ -74,8 +76,11 @@ class Progress:
 
     def on_epoch(self, record: dict) -> None:
         self.close()
-        if not self.quiet:
-            print(format_epoch(record, self.total_epochs), file=self.stream, flush=True)
+        self.message(format_epoch(record, self.total_epochs))
+        for note in record.get("notes", ()):
+            if note["code"] not in self.heard:
+                self.heard.add(note["code"])
+                self.message(f"note [{note['code']}]: {note['message']}")
 
     def message(self, text: str) -> None:
         if not self.quiet:
@@ -87,32 +92,84 @@ class Progress:
             self._bar = None
 
 
-def plot_curves(history: list[dict], path) -> bool:
-    """Loss and accuracy per epoch for train / val / test; False when matplotlib is missing."""
+def plot_curves(history: list[dict], path, *, title: str | None = None,
+                best_epoch: int | None = None) -> bool:  # fmt: skip
+    """Loss and accuracy per epoch (train / val / test), the learning rate, and health (each
+    layer's update ratio and gradient norm); ``best_epoch`` is marked. False without matplotlib.
+    """
+    plt = _pyplot()
+    if plt is None:
+        return False
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for ax, metric in zip(axes[0], ("loss", "accuracy")):
+        for split in ("train", "val", "test"):
+            _line(ax, epochs, [r.get(f"{split}_{metric}") for r in history], split)
+        _finish(ax, metric, best_epoch)
+    _line(axes[1, 0], epochs, [r.get("lr") for r in history], "learning rate")
+    axes[1, 0].set_yscale("log")
+    _finish(axes[1, 0], "learning rate (end of epoch)", best_epoch)
+    layers = sorted(
+        {k for r in history for k in (r.get("health") or {}) if k.startswith("layers.")}
+    )
+    for layer in layers:
+        for field, style in (("update_ratio", "-"), ("grad_norm", ":")):
+            values = [((r.get("health") or {}).get(layer) or {}).get(field) for r in history]
+            _line(axes[1, 1], epochs, values, f"{layer} {field}", linestyle=style)
+    if layers:
+        axes[1, 1].set_yscale("log")
+    _finish(axes[1, 1], "health: update ratio (-), gradient norm (:)", best_epoch)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    plt.close(fig)
+    return True
+
+
+def plot_runs(runs: dict[str, list[dict]], metric: str, path) -> bool:
+    """One ``metric`` (e.g. ``test_loss``) per epoch for several runs, overlaid."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, history in runs.items():
+        _line(ax, [r["epoch"] for r in history], [r.get(metric) for r in history], name)
+    _finish(ax, metric, None)
+    fig.tight_layout()
+    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    plt.close(fig)
+    return True
+
+
+def _pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
-    epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for split in ("train", "val", "test"):
-            values = [r.get(f"{split}_{metric}") for r in history]
-            if any(v is not None for v in values):
-                ax.plot(
-                    epochs,
-                    [float("nan") if v is None else v for v in values],
-                    marker=".",
-                    label=split,
-                )
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
-    plt.close(fig)
-    return True
+        return None
+    return plt
+
+
+def _line(ax, epochs, values, label, **style) -> None:
+    if any(v is not None for v in values):
+        ax.plot(epochs, [float("nan") if v is None else v for v in values], marker=".",
+                label=label, **style)  # fmt: skip
+
+
+def _finish(ax, ylabel: str, best_epoch: int | None) -> None:
+    if best_epoch is not None:
+        ax.axvline(
+            best_epoch,
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"best (epoch {best_epoch})",
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")

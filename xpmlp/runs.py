@@ -189,9 +189,14 @@ class RunDir:
         if self.writer:
             reporting.append_metrics(self.path / METRICS, record)
 
-    def plot(self, history: list[dict]) -> bool:
+    def plot(self, history: list[dict], *, title: str | None = None,
+             best_epoch: int | None = None) -> bool:  # fmt: skip
         """Draw ``curves.png``; False when matplotlib is missing."""
-        return reporting.plot_curves(history, self.path / CURVES) if self.writer else True
+        if not self.writer:
+            return True
+        return reporting.plot_curves(
+            history, self.path / CURVES, title=title, best_epoch=best_epoch
+        )
 
 
 def trainer_state(ckpt: dict) -> dict:
