@@ -206,3 +206,18 @@ def test_early_stopping_says_when_it_fired_and_done_reports_the_kept_epoch(tmp_p
         in captured.err
     )
     assert captured.out.startswith(f"done: epoch {best['epoch']} ")
+
+
+def test_a_run_that_overfits_is_told_so():
+    # A wide network on 600 noisy rows: validation loss turns up within a few epochs while the
+    # training loss keeps falling and validation accuracy drops.
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(10, 3))
+    X, Xv = rng.normal(size=(600, 10)), rng.normal(size=(300, 10))
+    y = (X @ w + 1.5 * rng.normal(size=(600, 3))).argmax(1)
+    yv = (Xv @ w + 1.5 * rng.normal(size=(300, 3))).argmax(1)
+    history = fit(MLP([10, 128, 128, 3], seed=0), X, y, epochs=6, batch_size=32, lr=3e-3,
+                  validation_data=(Xv, yv))  # fmt: skip
+    assert "overfitting" in _codes(history)
+    first = next(r for r in history if r.get("notes"))
+    assert first["epoch"] >= 3  # it takes a rise over two epochs
