@@ -212,9 +212,9 @@ def test_a_run_that_overfits_is_told_so():
     # A wide network on 600 noisy rows: validation loss turns up within a few epochs while the
     # training loss keeps falling and validation accuracy drops.
     rng = np.random.default_rng(0)
-    w = rng.normal(size=(10, 3))
-    X, Xv = rng.normal(size=(600, 10)), rng.normal(size=(300, 10))
+    X, w = rng.normal(size=(600, 10)), rng.normal(size=(10, 3))
     y = (X @ w + 1.5 * rng.normal(size=(600, 3))).argmax(1)
+    Xv = rng.normal(size=(300, 10))
     yv = (Xv @ w + 1.5 * rng.normal(size=(300, 3))).argmax(1)
     history = fit(MLP([10, 128, 128, 3], seed=0), X, y, epochs=6, batch_size=32, lr=3e-3,
                   validation_data=(Xv, yv))  # fmt: skip
