@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import rtol_for
+from tolerances import rtol_for
 
 import xpmlp.model
 from xpmlp import MLP, CheckpointError, ConfigError, DataError, ops, to_numpy

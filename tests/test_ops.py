@@ -7,10 +7,10 @@ import math
 import array_api_compat
 import numpy as np
 import pytest
-from conftest import rtol_for
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from tolerances import rtol_for
 
 from xpmlp import ConfigError, ops, to_numpy
 

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import rtol_for
 from hypothesis import given
 from hypothesis import strategies as st
+from tolerances import rtol_for
 
 import xpmlp
 from xpmlp import CheckpointError, ConfigError, Schedule, clip_grad_norm, make_optimizer, to_numpy

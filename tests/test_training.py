@@ -9,7 +9,7 @@ import re
 import array_api_compat
 import numpy as np
 import pytest
-from conftest import real_gpu, rtol_for
+from tolerances import real_gpu, rtol_for
 
 from xpmlp import (
     MLP,
