@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +84,22 @@ class Backend:
         return self.device is None or array_api_compat.device(array) == self.device
 
     def probe(self) -> None:
-        """Run one elementwise kernel and one matmul here and read the result back; a setup that
-        cannot compute (no CUDA runtime libraries, a driver too old) raises DeviceError."""
-        _probe(self)
+        """Run one elementwise kernel and one matmul here and read the result back: a CUDA setup
+        that lists a GPU but cannot run on it (no runtime libraries, no NVRTC, a driver too old)
+        fails here, in one line that names the fix, instead of at the first training step."""
+        xp = self.xp
+        try:
+            with self.activate():
+                x = xp.reshape(xp.arange(6, dtype=xp.float32), (2, 3))
+                y = x * 2.0 + 1.0  # compiles an elementwise kernel
+                total = float(xp.sum(y @ xp.matrix_transpose(x)))  # cuBLAS
+        except Exception as exc:
+            raise DeviceError(
+                f"CuPy cannot run on {self.spec} ({_first_line(exc)}); install the CUDA runtime "
+                f"libraries CuPy needs: {CUDA_INSTALL_HINT}"
+            ) from exc
+        if total != 196.0:  # sum of (2x + 1) @ x.T for x = [[0, 1, 2], [3, 4, 5]]
+            raise DeviceError(f"{self.spec} computed a wrong probe result ({total}, expected 196)")
 
     def activate(self):
         """A context in which this backend's device is the current one (CuPy creates arrays and
@@ -124,13 +138,28 @@ def host_memory_bytes() -> int | None:
         return None
 
 
+_active = threading.local()  # the backend whose device an on_device call has made current
+
+
 def on_device(method):
-    """Run a method of an object with a ``backend`` attribute with that backend's device current."""
+    """Run a method of an object with a ``backend`` attribute with that backend's device current.
+
+    Calls nested inside one (the training step inside an epoch) switch nothing: the device is
+    made current once, by the outermost call.
+    """
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with self.backend.activate():
+        backend = self.backend
+        outer = getattr(_active, "backend", None)
+        if outer is backend:
             return method(self, *args, **kwargs)
+        _active.backend = backend
+        try:
+            with backend.activate():
+                return method(self, *args, **kwargs)
+        finally:
+            _active.backend = outer
 
     return run
 
@@ -254,25 +283,6 @@ def _cupy_backend(index: int) -> Backend:
     backend = Backend("cupy", f"cuda:{index}", xp, cupy.cuda.Device(index))
     backend.probe()
     return backend
-
-
-def _probe(backend: Backend) -> None:
-    """One elementwise kernel and one matmul on the device, read back: a CUDA setup that lists a
-    GPU but cannot run on it (no runtime libraries, no NVRTC, a driver too old) fails here, in one
-    line that names the fix, instead of at the first training step."""
-    xp = backend.xp
-    try:
-        with backend.activate():
-            x = xp.reshape(xp.arange(6, dtype=xp.float32), (2, 3))
-            y = x * 2.0 + 1.0  # compiles an elementwise kernel
-            total = float(xp.sum(y @ xp.matrix_transpose(x)))  # cuBLAS
-    except Exception as exc:
-        raise DeviceError(
-            f"CuPy cannot run on {backend.spec} ({_first_line(exc)}); install the CUDA runtime "
-            f"libraries CuPy needs: {CUDA_INSTALL_HINT}"
-        ) from exc
-    if total != 196.0:  # sum of (2x + 1) @ x.T for x = [[0, 1, 2], [3, 4, 5]]
-        raise DeviceError(f"{backend.spec} computed a wrong probe result ({total}, expected 196)")
 
 
 def _strict_backend(spec: str) -> Backend:

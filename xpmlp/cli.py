@@ -9,6 +9,7 @@ and :class:`~xpmlp.model.MLP`'s; the run directory is :class:`~xpmlp.runs.RunDir
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -32,7 +33,7 @@ from .model import MLP
 from .ops import ACTIVATIONS
 from .optim import OPTIMIZERS, SCHEDULES
 from .prepare import Prepared, load_data, prepare, scaled
-from .runs import RunDir, classes_of, load_model, model_of, trainer_state, versions
+from .runs import RunDir, classes_of, load_model, model_of, scaler_of, trainer_state, versions
 from .training import Trainer
 
 DEFAULT_HIDDEN = (300, 300)
@@ -69,6 +70,7 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+@functools.cache
 def _defaults() -> dict:
     """Every train flag's default, from the one place it is defined."""
     model = {name: p.default for name, p in inspect.signature(MLP).parameters.items()}
@@ -186,9 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---------------------------------------------------------------------- data
-
-
 # ---------------------------------------------------------------------- train
 
 
@@ -280,9 +279,7 @@ def cmd_train(args) -> int:
         backend = get_backend(args.device or "auto")
         model = model_of(ckpt, device=backend) if ckpt else None
         dtype = model.dtype_name if model else model_settings["dtype"]
-        saved_scaler = None
-        if ckpt is not None and ckpt["scaling"]:
-            saved_scaler = Scaler.from_state_dict(ckpt["scaling"], ckpt["meta"].get("scaling"))
+        saved_scaler = scaler_of(ckpt) if ckpt else None
         prepared = prepare(data, seed=train.seed, dtype=dtype, scaler=saved_scaler)
         n_features, n_classes = prepared.train[0].shape[1], len(prepared.classes)
         if model is None:

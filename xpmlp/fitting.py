@@ -72,7 +72,8 @@ def fit(
     list of dict
         One record per epoch: ``epoch``, ``train_loss``, ``train_accuracy``, ``val_loss``,
         ``val_accuracy``, ``test_loss``, ``test_accuracy``, ``lr``, ``seconds`` (training time
-        of the epoch, evaluation excluded) and ``samples_per_second``.
+        of the epoch, evaluation excluded), ``samples_per_second`` and ``health`` (see
+        :func:`xpmlp.diagnostics.health`), plus ``notes`` when there are any.
     """
     trainer = Trainer(model, config, **settings)
     if verbose is None:

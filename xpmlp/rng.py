@@ -110,12 +110,16 @@ def _bits_uint32(lib, n: int, key: int):
     third of the passes of the portable int64 path (tested bit-identical)."""
     x = lib.arange(n, dtype=lib.uint32)
     x *= lib.uint32(0x9E3779B9)
-    for _ in range(2):
-        x ^= x >> lib.uint32(16)
-        x *= lib.uint32(0x7FEB352D)
-        x ^= x >> lib.uint32(15)
-        x *= lib.uint32(0x846CA68B)
-        x ^= x >> lib.uint32(16)
-        if _ == 0:
-            x ^= lib.uint32(key)
+    _hash32_inplace(lib, x)
+    x ^= lib.uint32(key)
+    _hash32_inplace(lib, x)
     return x
+
+
+def _hash32_inplace(lib, x) -> None:
+    """:func:`_hash32` on a uint32 array, in place."""
+    x ^= x >> lib.uint32(16)
+    x *= lib.uint32(0x7FEB352D)
+    x ^= x >> lib.uint32(15)
+    x *= lib.uint32(0x846CA68B)
+    x ^= x >> lib.uint32(16)

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import checkpoint, reporting
 from ._version import __version__
-from .errors import CheckpointError, ConfigError, XpmlpError
+from .errors import CheckpointError, ConfigError
 from .inputs import Scaler
 from .model import MLP
 
@@ -219,15 +219,21 @@ def load_model(path, *, device="cpu") -> tuple[MLP, Scaler | None, dict]:
     ckpt = checkpoint.load(path)
     model = model_of(ckpt, device=device)
     model.load_state_dict(ckpt["best"] or ckpt["params"])
-    scaler = None
-    if ckpt["scaling"]:
-        scaler = Scaler.from_state_dict(ckpt["scaling"], ckpt["meta"].get("scaling") or "unknown")
+    scaler = scaler_of(ckpt)
+    if scaler is not None:
         if scaler.offset.shape not in ((), (model.layer_sizes[0],)):
             raise CheckpointError(
                 f"{ckpt['path']} scales {scaler.offset.size} features but its model takes "
                 f"{model.layer_sizes[0]}"
             )
     return model, scaler, ckpt
+
+
+def scaler_of(ckpt: dict) -> Scaler | None:
+    """The scaling a checkpoint's model expects its inputs to have had, if it recorded one."""
+    if not ckpt["scaling"]:
+        return None
+    return Scaler.from_state_dict(ckpt["scaling"], ckpt["meta"].get("scaling") or "unknown")
 
 
 def model_of(ckpt: dict, *, device="cpu") -> MLP:
@@ -237,10 +243,8 @@ def model_of(ckpt: dict, *, device="cpu") -> MLP:
         raise CheckpointError(f"{ckpt['path']} has no model config")
     try:
         return MLP.from_config(config, device=device)
-    except (TypeError, KeyError, ValueError) as exc:
-        if isinstance(exc, XpmlpError):
-            raise CheckpointError(f"{ckpt['path']} has a malformed model config: {exc}") from None
-        raise CheckpointError(f"{ckpt['path']} has a malformed model config ({exc})") from None
+    except (TypeError, KeyError, ValueError) as exc:  # ConfigError is a ValueError
+        raise CheckpointError(f"{ckpt['path']} has a malformed model config: {exc}") from None
 
 
 def classes_of(ckpt: dict, model: MLP) -> np.ndarray:

@@ -64,6 +64,7 @@ class Trainer:
         self.input_max: float | None = None  # largest |input| on the probe batch: scaling advice
         self.stop_requested = False
         self.stop_signal: DeferredStop | None = None  # checked between steps (see signals.py)
+        self._probe = None  # (X, y) rows health is measured on, set by fit
 
     @property
     def backend(self):
@@ -134,7 +135,7 @@ class Trainer:
         seconds = time.perf_counter() - start_time
         return {
             "train_loss": loss_sum / n,
-            "train_accuracy": correct / n if model.loss_name == "cross_entropy" else None,
+            "train_accuracy": correct / n if self._classifies else None,
             "lr": lr,
             "seconds": seconds,
             "samples_per_second": n / seconds if seconds > 0 else math.inf,
@@ -178,8 +179,8 @@ class Trainer:
         check_rows(X, y)
         if X.shape[0] == 0:
             raise DataError("the training set is empty")
-        validation_data = self._on_device(validation_data)
-        test_data = self._on_device(test_data)
+        validation_data = self._device_data(validation_data)
+        test_data = self._device_data(test_data)
         self.stop_requested = False
         self._probe = self._probe_batch(X, y)
         # Overflow is detected once per epoch and diagnosed below; NumPy's warnings would only
@@ -249,7 +250,7 @@ class Trainer:
             f"epoch{unscaled_advice(self.input_max)}"
         )
 
-    def _on_device(self, data):
+    def _device_data(self, data):
         if data is None:
             return None
         X, y = data

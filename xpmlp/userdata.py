@@ -101,13 +101,14 @@ def read_npz(path: Path, wanted) -> tuple[list[str], dict[str, np.ndarray]]:
         with path.open("rb") as file:
             if file.read(6) == b"\x93NUMPY":
                 raise DataError(f"{path} holds a single array (a .npy file); expected .npz arrays")
-        with path.open("rb") as file, zipfile.ZipFile(file) as archive:
-            members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
-            arrays = {}
-            for name in wanted:
-                if name in members:
-                    arrays[name] = _read_npy_member(archive, members[name], path)
-            return list(members), arrays
+            file.seek(0)
+            with zipfile.ZipFile(file) as archive:
+                members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+                arrays = {}
+                for name in wanted:
+                    if name in members:
+                        arrays[name] = _read_npy_member(archive, members[name], path)
+                return list(members), arrays
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
