@@ -162,3 +162,19 @@ def test_load_model_names_a_malformed_checkpoint(tmp_path):
                     arrays={})  # fmt: skip
     with pytest.raises(CheckpointError, match="malformed model config"):
         load_model(tmp_path / "c.npz")
+
+
+def test_resume_names_a_model_setting_only_the_run_has(tmp_path, problem):
+    from xpmlp import checkpoint
+
+    X, y, _ = problem
+    fit(_model(), X, y, epochs=1, out=tmp_path / "r", **SETTINGS)
+    path = checkpoint.latest(tmp_path / "r")
+    ckpt = checkpoint.load(path)
+    meta = {k: v for k, v in ckpt["meta"].items() if k != "format"}
+    meta["model"]["colour"] = "blue"  # a key this xpmlp's model does not have
+    checkpoint.save(
+        path, meta=meta, arrays={g: ckpt[g] for g in ("params", "optimizer", "best", "scaling")}
+    )
+    with pytest.raises(ConfigError, match="colour is None here but 'blue' in the run"):
+        fit(_model(), X, y, epochs=2, out=tmp_path / "r", resume=True, **SETTINGS)

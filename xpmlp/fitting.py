@@ -101,12 +101,15 @@ def fit(
 def resume_from(trainer: Trainer, ckpt: dict) -> None:
     """Load a checkpoint into ``trainer``, refusing a model or settings that differ from the run's."""
     state = trainer_state(ckpt)
-    saved_model, ours = ckpt["meta"].get("model"), trainer.model.config()
-    if saved_model != ours:
-        diff = sorted(k for k in ours if ours.get(k) != (saved_model or {}).get(k))
+    saved_model, ours = ckpt["meta"].get("model") or {}, trainer.model.config()
+    differ = sorted(
+        k for k in ours.keys() | saved_model.keys() if ours.get(k) != saved_model.get(k)
+    )
+    if differ:
+        name = differ[0]
         raise ConfigError(
-            f"the model differs from the run's in {ckpt['path']}: {diff[0]} is "
-            f"{ours[diff[0]]!r} here but {(saved_model or {}).get(diff[0])!r} in the run"
+            f"the model differs from the run's in {ckpt['path']}: {name} is "
+            f"{ours.get(name)!r} here but {saved_model.get(name)!r} in the run"
         )
     conflicts = setting_conflicts(trainer.config, state["meta"].get("config") or {})
     if conflicts:
