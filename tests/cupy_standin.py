@@ -11,8 +11,12 @@ NumPy underneath, but with what makes CuPy code differ from NumPy code:
   current device (0)";
 - ``cupy.cuda``: ``Device``, ``runtime`` (device count and properties), streams (whose
   ``synchronize`` is a counted host sync) and a memory pool;
-- counters for kernel launches (one per NumPy call made on device arrays or creating one), host
-  to device copies, device to host copies and host syncs.
+- counters for kernel launches (one per NumPy call made on device arrays or filling a new one;
+  views and uninitialised allocations are free, as in CuPy), host to device copies, device to
+  host copies and host syncs;
+- ``cupy.RawModule``: a "compiled" CUDA module whose functions run xpmlp's NumPy twin of the
+  kernel of that name, one launch each; ``kernel_faults`` makes one fail to compile or compute
+  a wrong result, to test the fallback.
 
 Install it with :func:`installed` (a context manager that puts it in ``sys.modules``, with the
 ``array_api_compat.cupy`` wrapper re-imported over it, and takes both out again afterwards).
@@ -47,6 +51,7 @@ class Counters:
 
 counters = Counters()
 _current = [0]  # the current device's id
+kernel_faults: dict[str, str] = {}  # kernel name -> "compile" or "wrong"
 
 
 class Device:
@@ -136,6 +141,20 @@ def _kernel(function):
     return launch
 
 
+def _view(function):
+    """A NumPy call that makes a view, as CuPy does without a kernel; a copy counts as one."""
+
+    @functools.wraps(function)
+    def view(*args, **kwargs):
+        args, kwargs = _unwrap(args), {k: _unwrap(v) for k, v in kwargs.items()}
+        result = function(*args, **kwargs)
+        if not (isinstance(result, np.ndarray) and np.shares_memory(result, args[0])):
+            counters.launches += 1
+        return _wrap(result)
+
+    return view
+
+
 def _host_sync_read(array: ndarray) -> np.ndarray:
     # A copy to the host works from any current device (CuPy switches to the array's).
     counters.device_to_host += 1
@@ -190,8 +209,8 @@ class ndarray:
     itemsize = property(lambda self: self._a.itemsize)
     strides = property(lambda self: self._a.strides)
     device = property(lambda self: Device(self._device))
-    T = property(lambda self: _kernel(np.transpose)(self))
-    mT = property(lambda self: _kernel(np.swapaxes)(self, -1, -2))
+    T = property(lambda self: _view(np.transpose)(self))
+    mT = property(lambda self: _view(np.swapaxes)(self, -1, -2))
 
     @property
     def flags(self):
@@ -212,7 +231,7 @@ class ndarray:
         return array_api_compat.cupy
 
     def __getitem__(self, key):
-        return _kernel(lambda a, k: a[k])(self, key)
+        return _view(lambda a, k: a[k])(self, key)
 
     def __setitem__(self, key, value):
         counters.launches += 1
@@ -233,11 +252,14 @@ def _method(name):
     return method
 
 
-for _name in ("astype", "copy", "reshape", "transpose", "sum", "max", "min", "mean", "std",
+for _name in ("astype", "copy", "sum", "max", "min", "mean", "std",
               "var", "argmax", "argmin", "all", "any", "ravel", "flatten", "squeeze", "clip",
               "dot", "prod", "cumsum", "fill", "view", "swapaxes", "take", "nonzero", "sort",
               "argsort", "round", "conj", "repeat"):  # fmt: skip
     setattr(ndarray, _name, _method(_name))
+for _name in ("reshape", "transpose"):
+    setattr(ndarray, _name, (lambda name: lambda self, *a, **k: _view(getattr(np.ndarray, name))(
+        self, *a, **k))(_name))  # fmt: skip
 
 
 def _operator(name, function, *, reflected=False, inplace=False):
@@ -317,6 +339,40 @@ def _creation(function):
     return create
 
 
+def _allocation(function):
+    """``empty``/``empty_like``: memory from the pool, no kernel."""
+
+    @functools.wraps(function)
+    def allocate(*args, **kwargs):
+        kwargs.pop("device", None)
+        return ndarray(function(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}),
+                       _current[0])  # fmt: skip
+
+    return allocate
+
+
+class RawModule:
+    """``cupy.RawModule(code=..., options=...)``: its functions run xpmlp's NumPy twins."""
+
+    def __init__(self, code: str = "", options: tuple = (), **kwargs):
+        self.code, self.options = code, options
+
+    def get_function(self, name: str):
+        from xpmlp.kernels import TWINS
+
+        if kernel_faults.get(name) == "compile" or name not in TWINS:
+            raise RuntimeError(f"CompileException: {name}: stand-in compilation failure")
+        twin = TWINS[name]
+
+        def launch(grid, block, args, shared_mem=0, stream=None):
+            counters.launches += 1
+            host = _unwrap(tuple(args))
+            twin(*host)
+            if kernel_faults.get(name) == "wrong":
+                host[0].reshape(-1)[0] += 1  # its first output is off
+        return launch
+
+
 # ---------------------------------------------------------------------- cupy.cuda
 
 
@@ -381,9 +437,13 @@ def _build() -> dict[str, types.ModuleType]:
             public[name] = _kernel(value)
     for name in ("zeros", "ones", "empty", "full", "arange", "eye", "linspace", "identity"):
         public[name] = _creation(getattr(np, name))
-    for name in ("zeros_like", "ones_like", "empty_like", "full_like"):
+    for name in ("zeros_like", "ones_like", "full_like"):
         public[name] = _kernel(getattr(np, name))
-    public.update(ndarray=ndarray, asarray=asarray, array=array, asnumpy=asnumpy,
+    for name in ("reshape", "transpose", "swapaxes", "expand_dims", "squeeze", "ravel"):
+        public[name] = _view(getattr(np, name))
+    public["empty"] = _allocation(np.empty)
+    public["empty_like"] = _allocation(np.empty_like)
+    public.update(RawModule=RawModule, ndarray=ndarray, asarray=asarray, array=array, asnumpy=asnumpy,
                   asanyarray=asarray, ascontiguousarray=asarray, get_array_module=lambda *a: cupy)  # fmt: skip
     public["issubdtype"] = np.issubdtype
     public["result_type"] = np.result_type

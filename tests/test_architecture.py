@@ -15,14 +15,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "xpmlp"
 
 LAYERS = {
     "errors": 0, "_version": 0, "files": 0,
-    "backend": 1, "idx": 1, "inputs": 1, "signals": 1, "checkpoint": 1, "reporting": 1,
-    "datasets": 2, "userdata": 2, "ops": 2, "rng": 2,
-    "model": 3,
-    "optim": 4, "gradcheck": 4, "metrics": 4, "diagnostics": 4,
-    "config": 5, "runs": 5,
-    "training": 6,
-    "fitting": 7, "prepare": 7,
-    "cli": 8, "__init__": 8, "__main__": 9,
+    "backend": 1, "idx": 1, "signals": 1, "checkpoint": 1, "reporting": 1,
+    "inputs": 2, "ops": 2, "rng": 2, "flat": 2,
+    "kernels": 3, "datasets": 3, "userdata": 3,
+    "model": 4,
+    "optim": 5, "gradcheck": 5, "metrics": 5, "diagnostics": 5,
+    "config": 6, "runs": 6,
+    "training": 7,
+    "fitting": 8, "prepare": 8,
+    "cli": 9, "__init__": 9, "__main__": 10,
 }  # fmt: skip
 DEVICE_LIBRARIES = {"cupy", "torch", "array_api_strict"}
 

@@ -59,6 +59,12 @@ class Backend:
     def is_gpu(self) -> bool:
         return self.spec.startswith("cuda") or self.spec.startswith("torch:cuda")
 
+    @property
+    def lib(self):
+        """NumPy or CuPy itself, for ``out=`` ufuncs and compiled kernels; None for other
+        namespaces (see :func:`ufunc_module`)."""
+        return ufunc_module(self.xp)
+
     def dtype(self, name: str):
         """Return the namespace's floating dtype for ``"float32"`` or ``"float64"``."""
         if name not in DTYPES:

@@ -61,14 +61,14 @@ def gradcheck(
 
 
 def _central_difference(probe, name, host, index, eps, X, y, masks) -> float:
-    flat = host.reshape(-1)
-    original = flat[index]
+    state = probe.state_dict()
+    flat = state[name].reshape(-1)
     losses = []
-    for shifted in (original + eps, original - eps):
+    for shifted in (host.reshape(-1)[index] + eps, host.reshape(-1)[index] - eps):
         flat[index] = shifted
-        probe.params[name] = probe.backend.asarray(host, probe.dtype)
+        probe.load_state_dict(state)
         loss, _ = probe.loss_and_grads(X, y, masks=masks)
         losses.append(float(to_numpy(loss)))
-    flat[index] = original
-    probe.params[name] = probe.backend.asarray(host, probe.dtype)
+    flat[index] = host.reshape(-1)[index]
+    probe.load_state_dict(state)
     return (losses[0] - losses[1]) / (2 * eps)

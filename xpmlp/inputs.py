@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .backend import host_memory_bytes, to_numpy
 from .errors import CheckpointError, ConfigError, DataError
 
 MAX_LABEL = 2**31 - 1  # a label beyond this is surely a mistake
@@ -235,3 +236,36 @@ class Scaler:
         ):
             raise CheckpointError("the checkpoint's scaling factors are malformed")
         return cls(method, offset, factor)
+
+
+def check_device_labels(xp, y, n_classes: int) -> None:
+    """:func:`check_labels` for labels already on a device: one reduction read back (once per
+    fit, not per step); the rows are looked for on the host only when a label is bad."""
+    bad = (y < 0) | (y >= n_classes)
+    if xp.isdtype(y.dtype, "real floating"):
+        bad = bad | (y != xp.trunc(y)) | xp.isnan(y)
+    if bool(xp.any(bad)):
+        check_labels(to_numpy(y), n_classes)
+        raise DataError(f"labels must be integers in [0, {n_classes})")  # unreachable
+
+
+# Bytes per parameter a training run holds at once: the float64 initial draw on the host, then
+# parameters, gradients, two Adam moments and a scratch buffer.
+BYTES_PER_PARAMETER = 8 + 5 * 8
+
+
+def check_layer_sizes(layer_sizes) -> tuple[int, ...]:
+    """``(n_inputs, hidden..., n_outputs)`` as ints, refused when a run could not fit in memory."""
+    sizes = tuple(layer_sizes)
+    if len(sizes) < 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in sizes):
+        raise ConfigError(f"layer_sizes must be at least two positive integers; got {list(sizes)}")
+    sizes = tuple(int(s) for s in sizes)
+    n_params = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    memory = host_memory_bytes()
+    if memory is not None and n_params * BYTES_PER_PARAMETER > memory:
+        raise ConfigError(
+            f"layer sizes {list(sizes)} make {n_params:,} parameters, about "
+            f"{n_params * BYTES_PER_PARAMETER / 2**30:,.0f} GiB to train; this machine has "
+            f"{memory / 2**30:,.0f} GiB"
+        )
+    return sizes

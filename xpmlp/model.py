@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from . import ops, rng
-from .backend import Backend, get_backend, host_memory_bytes, on_device, to_numpy
-from .errors import CheckpointError, ConfigError, DataError
-from .inputs import check_labels, check_rows
+from . import kernels, ops, rng
+from .backend import Backend, get_backend, on_device, to_numpy
+from .errors import ConfigError, DataError
+from .flat import Layout
+from .inputs import check_device_labels, check_labels, check_layer_sizes, check_rows
 
 EVAL_BATCH = 8192
 
@@ -78,7 +79,7 @@ class MLP:
         dtype: str = "float32",
         seed: int = 0,
     ):
-        self.layer_sizes = _check_layer_sizes(layer_sizes)
+        self.layer_sizes = check_layer_sizes(layer_sizes)
         self.activation = ops.get_activation(activation)
         self.loss_name = loss
         self._loss = ops.get_loss(loss)
@@ -96,16 +97,44 @@ class MLP:
         self.dtype_name = dtype
         self.dtype = self.backend.dtype(dtype)
         self._mask_draws = 0  # the model's own dropout stream: key (seed, draw number)
-        self.params = {
-            name: self.backend.asarray(value, self.dtype)
-            for name, value in self._initial_params().items()
-        }
+        self._out_views = (None, {})  # the last gradient buffer train_gradients wrote, named
+        initial = self._initial_params()
+        # Weights first, so the L2 penalty's gradient is one pass over the buffer's start.
+        order = sorted(initial, key=lambda name: name.endswith(".bias"))
+        self.layout = Layout.of({name: initial[name].shape for name in order})
+        self.set_flat(self.backend.asarray(self.layout.join(initial, np.float64), self.dtype))
 
     # ------------------------------------------------------------------ construction and state
 
     @property
     def xp(self):
         return self.backend.xp
+
+    @property
+    def params(self) -> dict:
+        """Parameter name -> array: views into :attr:`flat`, the one buffer that holds them all
+        (``layers.<i>.weight`` of shape (fan_in, fan_out), ``layers.<i>.bias`` (fan_out,))."""
+        return self._params
+
+    def set_flat(self, flat) -> None:
+        """Make ``flat`` (a device array of ``layout.size``) the parameter buffer."""
+        with self.backend.activate():
+            self.flat = flat
+            self._params = self.named(flat)
+            self.fused = kernels.fused_for(self.backend, self.dtype_name)
+
+    def named(self, flat) -> dict:
+        """Name -> view of a flat buffer laid out as :attr:`flat` (gradients, snapshots)."""
+        views = self.layout.views(self.xp, flat)
+        return {name: views[name] for name in self.param_names}
+
+    def flatten(self, arrays: dict):
+        """A new flat buffer from name -> array (gradients computed one tensor at a time)."""
+        return self.layout.concat(self.xp, arrays)
+
+    @property
+    def param_names(self) -> list[str]:
+        return [f"layers.{i}.{kind}" for i in range(self.n_layers) for kind in ("weight", "bias")]
 
     @property
     def n_layers(self) -> int:
@@ -151,36 +180,22 @@ class MLP:
     def state_dict(self) -> dict[str, np.ndarray]:
         """The parameters as host NumPy arrays, keyed like :attr:`params`."""
         # A copy even on NumPy: optimizers update parameters in place.
-        return {name: to_numpy(value).copy() for name, value in self.params.items()}
+        split = self.layout.split(to_numpy(self.flat))
+        return {name: split[name] for name in self.param_names}
 
     @on_device
     def load_state_dict(self, state: dict) -> None:
         """Copy parameters from ``state`` (NumPy or any backend's arrays) onto this model."""
-        missing = [name for name in self.params if name not in state]
-        unexpected = [name for name in state if name not in self.params]
-        if missing or unexpected:
-            raise CheckpointError(
-                f"parameter names do not match the model: missing {missing}, unexpected {unexpected}"
-            )
-        for name, current in self.params.items():
-            value = to_numpy(state[name])
-            if tuple(value.shape) != tuple(current.shape):
-                raise CheckpointError(
-                    f"{name} has shape {tuple(value.shape)} in the checkpoint but "
-                    f"{tuple(current.shape)} in the model (layer sizes {self.layer_sizes})"
-                )
-        self.params = {
-            name: self.backend.asarray(state[name], self.dtype, copy=True) for name in self.params
-        }
+        host = self.layout.join({name: to_numpy(value) for name, value in state.items()},
+                                self.dtype_name)  # fmt: skip
+        self.set_flat(self.backend.asarray(host, self.dtype, copy=True))
 
     def to(self, device: str | Backend) -> MLP:
         """Move the parameters to another device (in place); returns the model."""
-        state = self.state_dict()
+        host = to_numpy(self.flat).copy()
         self.backend = get_backend(device)
         self.dtype = self.backend.dtype(self.dtype_name)
-        self.params = {
-            name: self.backend.asarray(value, self.dtype) for name, value in state.items()
-        }
+        self.set_flat(self.backend.asarray(host, self.dtype))
         return self
 
     # ------------------------------------------------------------------ inputs
@@ -203,7 +218,7 @@ class MLP:
             if isinstance(y, np.ndarray):
                 y = check_labels(y, self.n_outputs)
             else:
-                self._check_device_labels(y)
+                check_device_labels(self.xp, y, self.n_outputs)
             return self._on_device(y, self.xp.int64)
         if len(y.shape) == 1 and self.n_outputs == 1:
             y = y.reshape((-1, 1)) if isinstance(y, np.ndarray) else self.xp.reshape(y, (-1, 1))
@@ -212,19 +227,6 @@ class MLP:
                 f"targets must have shape (n_samples, {self.n_outputs}); got {tuple(y.shape)}"
             )
         return self._on_device(y, self.dtype)
-
-    def _check_device_labels(self, y) -> None:
-        """The label rule on labels already on a device: one reduction read back (once per fit,
-        not per step); the rows are looked for only when a label is bad."""
-        xp = self.xp
-        floating = xp.isdtype(y.dtype, "real floating")
-        bad = (y < 0) | (y >= self.n_outputs)
-        if floating:
-            bad = bad | (y != xp.trunc(y)) | xp.isnan(y)
-        if bool(xp.any(bad)):
-            host = to_numpy(y)
-            check_labels(host, self.n_outputs)
-            raise DataError(f"labels must be integers in [0, {self.n_outputs})")  # unreachable
 
     def _on_device(self, array, dtype):
         if not self.backend.owns(array):
@@ -251,10 +253,7 @@ class MLP:
         if key is None:
             key = rng.model_dropout_key(self.seed, self._mask_draws)
             self._mask_draws += 1
-        elif isinstance(key, np.random.Generator):
-            key = (int(key.integers(2**63)),)
-        elif isinstance(key, int | np.integer):
-            key = (int(key),)
+        key = rng.as_key(key)
         return [
             rng.dropout_mask(
                 self.xp,
@@ -279,40 +278,64 @@ class MLP:
         return self._forward(self.as_input(X), masks)
 
     def _forward(self, X, masks):
-        xp, act = self.xp, self.activation
         records = []
         a = X
         for i in range(self.n_layers):
-            z = a @ self.params[f"layers.{i}.weight"] + self.params[f"layers.{i}.bias"]
-            if i == self.n_layers - 1:
-                records.append(LayerRecord(a, z))
-                return z, records
-            h = act.forward(xp, z)
-            mask = masks[i] if masks else None
-            records.append(LayerRecord(a, z, h, mask))
-            a = h * mask if mask is not None else h
-        raise AssertionError("unreachable")
+            last = i == self.n_layers - 1
+            mask = masks[i] if masks and not last else None
+            z, h, dropped = self._layer_forward(i, a, mask)
+            records.append(LayerRecord(a, z) if last else LayerRecord(a, z, h, mask))
+            a = dropped
+        return a, records
+
+    def _layer_forward(self, i: int, a, mask):
+        """(z, h, h * mask) of layer ``i``: one fused pass after the matmul where kernels run."""
+        W, b = self.params[f"layers.{i}.weight"], self.params[f"layers.{i}.bias"]
+        act = "identity" if i == self.n_layers - 1 else self.activation.name
+        if self._fuses(act):
+            z = a @ W
+            h, dropped = self.fused.bias_activation(act, z, b, mask)
+            return z, h, dropped
+        z = a @ W + b
+        h = z if act == "identity" else self.activation.forward(self.xp, z)
+        return z, h, h * mask if mask is not None else h
+
+    def _fuses(self, activation: str) -> bool:
+        return self.fused is not None and activation in kernels.FUSED_ACTIVATIONS
 
     @on_device
-    def backward(self, grad_outputs, records: list[LayerRecord]) -> dict:
+    def backward(self, grad_outputs, records: list[LayerRecord], *, out: dict | None = None):
         """Gradients of every parameter (names as :attr:`params`) given dL/d(outputs).
 
-        ``records`` are those :meth:`forward_record` returned for the same batch.
+        ``records`` are those :meth:`forward_record` returned for the same batch. With ``out``
+        (name -> array, e.g. views of a flat gradient buffer) and NumPy or CuPy, each gradient
+        is written into its array; other namespaces return new arrays.
         """
-        xp, act = self.xp, self.activation
-        grads = {}
+        xp, act, lib = self.xp, self.activation, self.backend.lib
+        write = out is not None and lib is not None
+        grads = dict(out) if write else {}
         delta = grad_outputs
         for i in reversed(range(self.n_layers)):
-            grads[f"layers.{i}.weight"] = records[i].inputs.T @ delta
-            grads[f"layers.{i}.bias"] = xp.sum(delta, axis=0)  # over samples, not features
+            weight, bias, inputs = f"layers.{i}.weight", f"layers.{i}.bias", records[i].inputs
+            if write:
+                lib.matmul(inputs.T, delta, out=grads[weight])
+                lib.sum(delta, axis=0, out=grads[bias])
+            else:
+                grads[weight] = inputs.T @ delta
+                grads[bias] = xp.sum(delta, axis=0)  # over samples, not features
             if i == 0:
                 break  # the input's gradient is never needed
-            grad_a = delta @ self.params[f"layers.{i}.weight"].T
+            grad_a = delta @ self.params[weight].T
             below = records[i - 1]
+            if self._fuses(act.name):
+                delta = self.fused.activation_backward(
+                    act.name, grad_a, below.mask, below.pre_activation, below.activation
+                )
+                continue
             if below.mask is not None:
                 grad_a = grad_a * below.mask
             delta = act.backward(xp, below.pre_activation, below.activation, grad_a)
-        return {name: grads[name] for name in self.params}
+        return {name: grads[name] for name in self.param_names}
 
     @on_device
     def output_loss(self, outputs, targets):
@@ -378,6 +401,45 @@ class MLP:
                 grads[name] = grads[name] + self.l2 * self.params[name]
         return loss, grads, outputs
 
+    @on_device
+    def train_gradients(self, X, y, masks, sums, out):
+        """The training step's hot path: the gradient of the batch's mean loss (with the L2
+        penalty) as one flat buffer, and the epoch's running ``sums`` (a device array of 2:
+        loss summed over samples, correct count) with this batch added.
+
+        ``X``, ``y`` are on the device and checked; ``out`` is a flat buffer of ``layout.size``
+        with zeros in its gaps, which NumPy and CuPy write into (and return); other namespaces
+        return a new buffer. ``sums`` is updated in place where kernels are fused.
+        """
+        outputs, records = self._forward(X, masks)
+        grad_outputs, sums = self._output_step(outputs, y, sums)
+        if self._out_views[0] is not out:
+            self._out_views = (out, self.named(out))
+        grads = self.backward(grad_outputs, records, out=self._out_views[1])
+        if self.l2:
+            penalty = self._l2_penalty() * X.shape[0]
+            sums = sums + self.xp.stack([penalty, self.xp.zeros_like(penalty)])
+        if self.backend.lib is not None:
+            if self.l2:  # all weights lie at the buffer's start
+                end = self.layout.span(self._weight_names()[-1])[1]
+                out[:end] += self.l2 * self.flat[:end]
+            return out, sums
+        for name in self._weight_names() if self.l2 else ():
+            grads[name] = grads[name] + self.l2 * self.params[name]
+        return self.flatten(grads), sums
+
+    def _output_step(self, outputs, y, sums):
+        xp = self.xp
+        if self.loss_name == "cross_entropy" and self.fused is not None:
+            return self.fused.softmax_xent(outputs, y, sums), sums
+        if self.loss_name == "cross_entropy":
+            targets = self.targets(y)
+            total, grad = ops.softmax_cross_entropy_total(xp, outputs, targets)
+            correct = xp.sum(xp.astype(xp.argmax(outputs, axis=1) == y, self.dtype))
+            return grad, sums + xp.stack([total, correct])
+        loss, grad = self.output_loss(outputs, y)
+        return grad, sums + xp.stack([loss * outputs.shape[0], xp.zeros_like(loss)])
+
     def _weight_names(self):
         return [f"layers.{i}.weight" for i in range(self.n_layers)]
 
@@ -423,24 +485,3 @@ class MLP:
             f"MLP({sizes}, activation={self.activation.name}, loss={self.loss_name}, "
             f"dtype={self.dtype_name}, device={self.backend.spec})"
         )
-
-
-# Bytes per parameter a training run holds at once: the float64 initial draw on the host, then
-# parameters, gradients, two Adam moments and a scratch buffer.
-BYTES_PER_PARAMETER = 8 + 5 * 8
-
-
-def _check_layer_sizes(layer_sizes) -> tuple[int, ...]:
-    sizes = tuple(layer_sizes)
-    if len(sizes) < 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in sizes):
-        raise ConfigError(f"layer_sizes must be at least two positive integers; got {list(sizes)}")
-    sizes = tuple(int(s) for s in sizes)
-    n_params = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
-    memory = host_memory_bytes()
-    if memory is not None and n_params * BYTES_PER_PARAMETER > memory:
-        raise ConfigError(
-            f"layer sizes {list(sizes)} make {n_params:,} parameters, about "
-            f"{n_params * BYTES_PER_PARAMETER / 2**30:,.0f} GiB to train; this machine has "
-            f"{memory / 2**30:,.0f} GiB"
-        )
-    return sizes

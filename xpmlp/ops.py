@@ -141,10 +141,17 @@ def softmax_cross_entropy(xp, logits, targets):
     dL/dz = (softmax(z) - onehot) / n. The softmax Jacobian is never formed; multiplying it in
     again on top of this (a common hand-written bug) double-counts it.
     """
+    total, grad = softmax_cross_entropy_total(xp, logits, targets)
+    return total / logits.shape[0], grad
+
+
+def softmax_cross_entropy_total(xp, logits, targets):
+    """The cross-entropy summed over samples (each row's ``-log p[label]`` added in row order),
+    and the gradient of its mean as :func:`softmax_cross_entropy` gives it."""
     n = logits.shape[0]
     logp = log_softmax(xp, logits)
-    loss = -xp.sum(targets * logp) / n
-    return loss, (xp.exp(logp) - targets) / n
+    total = -xp.sum(xp.sum(targets * logp, axis=1))
+    return total, (xp.exp(logp) - targets) / n
 
 
 def mean_squared_error(xp, outputs, targets):

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import math
 
+from . import kernels
 from .backend import to_numpy, ufunc_module
 from .errors import CheckpointError, ConfigError
+from .flat import Layout
 
 FLUSH_EVERY = 100
 FLUSH_BELOW = 1e-30
+FLAT = "flat"  # the one name a model's flat parameter buffer is stepped under
 
 
 class Optimizer:
@@ -37,6 +40,7 @@ class Optimizer:
         if not lr > 0:
             raise ConfigError(f"learning rate must be > 0; got {lr}")
         self.xp = xp
+        self.fused: kernels.Fused | None = None  # set by the trainer: its model's kernels
         self.lr = float(lr)
         self.steps = 0
         self.state: dict[str, dict] = {}
@@ -96,21 +100,31 @@ class Optimizer:
             for name, values in snapshot["slots"].items()
         }
 
-    def state_dict(self) -> dict:
-        """``{"steps": int, "slots": {"<param>.<slot>": numpy array}}``."""
-        arrays = {
-            f"{name}.{slot}": to_numpy(value).copy()
-            for name, slots in self.state.items()
-            for slot, value in slots.items()
-        }
+    def state_dict(self, layout: Layout | None = None) -> dict:
+        """``{"steps": int, "slots": {"<param>.<slot>": numpy array}}``.
+
+        With ``layout``, the state of the flat buffer stepped as :data:`FLAT` is reported per
+        parameter, as checkpoints store it.
+        """
+        arrays = {}
+        for name, slots in self.state.items():
+            for slot, value in slots.items():
+                value = to_numpy(value).copy()
+                parts = layout.split(value) if layout and name == FLAT else {name: value}
+                arrays.update({f"{part}.{slot}": array for part, array in parts.items()})
         return {"steps": self.steps, "slots": arrays}
 
-    def load_state_dict(self, state: dict, *, asarray, shapes: dict | None = None) -> None:
+    def load_state_dict(
+        self, state: dict, *, asarray, shapes: dict | None = None, layout: Layout | None = None
+    ) -> None:
         """Restore from :meth:`state_dict`; ``asarray`` moves a host array to the device.
 
         With ``shapes`` (parameter name -> shape), every slot must belong to a parameter, have
-        its shape, and every parameter must have all slots once any has been stepped.
+        its shape, and every parameter must have all slots once any has been stepped. With
+        ``layout`` (which implies its shapes), the slots are joined into flat buffers under
+        :data:`FLAT`.
         """
+        shapes = layout.shapes if layout is not None else shapes
         steps = state["steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise CheckpointError(f"optimizer step count must be an integer >= 0; got {steps!r}")
@@ -139,6 +153,10 @@ class Optimizer:
                     f"optimizer state after {steps} steps lacks {'/'.join(self.slots)} of "
                     f"{incomplete[0]}; the checkpoint is incomplete"
                 )
+        if layout is not None and loaded:
+            dtype = next(iter(next(iter(loaded.values())).values())).dtype
+            loaded = {FLAT: {s: layout.join({n: loaded[n][s] for n in loaded}, dtype, what="optimizer")
+                             for s in self.slots}}  # fmt: skip
         self.steps = steps
         self.state = {
             name: {s: asarray(v) for s, v in slots.items()} for name, slots in loaded.items()
@@ -232,23 +250,13 @@ class Adam(Optimizer):
         return param - step_size * (m / denom)
 
     def update_inplace(self, lib, param, grad, slots, scratch, lr):
-        b1, b2, t = self.beta1, self.beta2, self.steps
-        m, v = slots["m"], slots["v"]
-        m *= b1
-        lib.multiply(grad, 1 - b1, out=scratch)
-        m += scratch
-        v *= b2
-        lib.multiply(grad, grad, out=scratch)
-        scratch *= 1 - b2
-        v += scratch
-        if self.weight_decay:
-            param *= 1 - lr * self.weight_decay
-        lib.sqrt(v, out=scratch)
-        scratch /= math.sqrt(1 - b2**t)
-        scratch += self.eps
-        lib.divide(m, scratch, out=scratch)
-        scratch *= lr / (1 - b1**t)
-        param -= scratch
+        settings = dict(lr=lr, betas=(self.beta1, self.beta2), eps=self.eps,
+                        weight_decay=self.weight_decay, step=self.steps)  # fmt: skip
+        if self.fused is not None:  # one kernel
+            self.fused.adam(param, grad, slots["m"], slots["v"], **settings)
+            return
+        scalars = kernels.adam_scalars(param.dtype, **settings)
+        kernels.adam_inplace(lib, param, grad, slots["m"], slots["v"], scratch, *scalars)
 
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")

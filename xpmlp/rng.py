@@ -123,3 +123,13 @@ def _hash32_inplace(lib, x) -> None:
     x ^= x >> lib.uint32(15)
     x *= lib.uint32(0x846CA68B)
     x ^= x >> lib.uint32(16)
+
+
+def as_key(key) -> tuple:
+    """A dropout key as a tuple of ints: a tuple as is, an int as a 1-tuple, a NumPy Generator
+    as one draw from it."""
+    if isinstance(key, np.random.Generator):
+        return (int(key.integers(2**63)),)
+    if isinstance(key, int | np.integer):
+        return (int(key),)
+    return tuple(key)

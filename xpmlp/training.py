@@ -27,9 +27,9 @@ from .diagnostics import (
 )
 from .errors import CheckpointError, ConfigError, DataError, DivergedError, NonFiniteError
 from .inputs import check_rows
-from .metrics import correct_count, evaluate, zero
+from .metrics import evaluate
 from .model import MLP
-from .optim import Optimizer, Schedule, clip_grad_norm, make_optimizer
+from .optim import FLAT, Optimizer, Schedule, clip_grad_norm, make_optimizer
 from .signals import DeferredStop
 
 
@@ -65,6 +65,7 @@ class Trainer:
         self.stop_requested = False
         self.stop_signal: DeferredStop | None = None  # checked between steps (see signals.py)
         self._probe = None  # (X, y) rows health is measured on, set by fit
+        self._grad = None  # the flat gradient buffer steps write into (zeros in its gaps)
 
     @property
     def backend(self):
@@ -121,17 +122,17 @@ class Trainer:
         if n == 0:
             raise DataError("the training set is empty")
         total_steps = self.schedule_for(n).steps_per_epoch
-        loss_sum, correct = zero(model), zero(model)
+        xp = model.xp
+        sums = xp.zeros(2, dtype=model.dtype, device=model.backend.device)  # loss over samples, correct count
+        self._grad = xp.zeros_like(model.flat)
         start_time = time.perf_counter()
         for step, Xb, yb, masks, lr in self.batches(X, y):
-            loss, outputs = self.train_step(Xb, yb, masks, lr=lr)
-            loss_sum = loss_sum + loss * Xb.shape[0]
-            correct = correct + correct_count(model, outputs, yb)
+            sums = self.train_step(Xb, yb, masks, lr=lr, sums=sums)
             if on_batch is not None:
                 on_batch(step + 1, total_steps)
             if self.stop_signal is not None:
                 self.stop_signal.check()
-        loss_sum, correct = float(to_numpy(loss_sum)), float(to_numpy(correct))  # the one sync
+        loss_sum, correct = (float(value) for value in to_numpy(sums))  # the one sync
         seconds = time.perf_counter() - start_time
         return {
             "train_loss": loss_sum / n,
@@ -142,18 +143,30 @@ class Trainer:
         }
 
     @on_device
-    def train_step(self, Xb, yb, masks, *, lr: float):
-        """Forward, backward and update on one batch; returns (loss, outputs) as device arrays."""
+    def train_step(self, Xb, yb, masks, *, lr: float, sums=None):
+        """Forward, backward and update on one batch; returns ``sums`` (a device array: the
+        epoch's loss summed over samples, and its correct count; zeros when None) with the
+        batch added."""
         model = self.model
-        loss, grads, outputs = model.batch_loss_and_grads(Xb, model.targets(yb), masks)
-        self.apply_gradients(grads, lr=lr)
-        return loss, outputs
+        if sums is None:
+            sums = model.xp.zeros(2, dtype=model.dtype, device=model.backend.device)
+        if self._grad is None or self._grad.dtype != model.dtype:
+            self._grad = model.xp.zeros_like(model.flat)  # written in place; zeros in its gaps
+        grad, sums = model.train_gradients(Xb, yb, masks, sums, self._grad)
+        self.apply_gradients(grad, lr=lr)
+        return sums
 
     @on_device
-    def apply_gradients(self, grads: dict, *, lr: float) -> None:
+    def apply_gradients(self, grad, *, lr: float) -> None:
+        """Clip and step with ``grad``, a flat buffer laid out as the model's parameters."""
+        model, grads = self.model, {FLAT: grad}
         if self.config.clip_norm is not None:
-            clip_grad_norm(self.model.xp, grads, self.config.clip_norm)
-        self.optimizer.step(self.model.params, grads, lr=lr)
+            clip_grad_norm(model.xp, grads, self.config.clip_norm)
+        params = {FLAT: model.flat}
+        self.optimizer.fused = model.fused
+        self.optimizer.step(params, grads, lr=lr)
+        if params[FLAT] is not model.flat:  # the portable path makes a new buffer
+            model.set_flat(params[FLAT])
 
     # ------------------------------------------------------------------ the run
 
@@ -223,7 +236,8 @@ class Trainer:
                     raise DivergedError(self._divergence_message(record))
                 record.update(self._evaluate("val", validation_data))
                 record.update(self._evaluate("test", test_data))
-                record["health"] = health(self.model, *self._probe, before=good["params"])
+                before = self.model.named(good["params"])
+                record["health"] = health(self.model, *self._probe, before=before)
             except KeyboardInterrupt:
                 self.restore(good)  # back to the last completed epoch, which can be resumed exactly
                 raise
@@ -285,12 +299,14 @@ class Trainer:
         """A device-side copy of the model and optimizer state (cheap; used to roll back)."""
         xp = self.model.xp
         return {
-            "params": {k: xp.asarray(v, copy=True) for k, v in self.model.params.items()},
+            "params": xp.asarray(self.model.flat, copy=True),
             "optimizer": self.optimizer.snapshot(),
         }
 
     def restore(self, snap: dict) -> None:
-        self.model.params = dict(snap["params"])
+        """Go back to a :meth:`snapshot` (which stays usable: it is copied again)."""
+        with self.backend.activate():
+            self.model.set_flat(self.model.xp.asarray(snap["params"], copy=True))
         self.optimizer.restore(snap["optimizer"])
 
     @on_device
@@ -298,9 +314,8 @@ class Trainer:
         """Replay the failed epoch step by step (from the restored state) to say where it broke."""
         start = self.snapshot()
         try:
-            return diagnose_nonfinite(
-                self.model, self.batches(X, y), self.apply_gradients, epoch=self.epoch + 1
-            )
+            step = lambda grads, lr: self.apply_gradients(self.model.flatten(grads), lr=lr)  # noqa: E731
+            return diagnose_nonfinite(self.model, self.batches(X, y), step, epoch=self.epoch + 1)
         finally:
             self.restore(start)
 
@@ -314,7 +329,7 @@ class Trainer:
             steps), ``params`` and ``optimizer`` (host arrays, as :meth:`MLP.state_dict` and
             :meth:`Optimizer.state_dict`) and ``best`` (the best weights so far, or None).
         """
-        optimizer = self.optimizer.state_dict()
+        optimizer = self.optimizer.state_dict(self.model.layout)
         return {
             "meta": {
                 "epoch": self.epoch,
@@ -348,16 +363,16 @@ class Trainer:
             ) from None
         if not valid:
             raise CheckpointError("the checkpoint's trainer state is malformed (epoch or best)")
-        shapes = {name: tuple(value.shape) for name, value in self.model.params.items()}
-        before = self.model.params
+        before = self.model.flat
         self.model.load_state_dict(state["params"])
         asarray = lambda a: self.model.backend.asarray(a, self.model.dtype, copy=True)  # noqa: E731
         try:
             self.optimizer.load_state_dict(
-                {"steps": steps, "slots": state["optimizer"]}, asarray=asarray, shapes=shapes
-            )
+                {"steps": steps, "slots": state["optimizer"]}, asarray=asarray,
+                layout=self.model.layout,
+            )  # fmt: skip
         except CheckpointError:
-            self.model.params = before
+            self.model.set_flat(before)
             raise
         self.epoch, self.history, self.stopped_early = epoch, history, stopped
         initial = meta.get("initial_loss")
