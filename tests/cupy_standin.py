@@ -370,6 +370,7 @@ class RawModule:
             twin(*host)
             if kernel_faults.get(name) == "wrong":
                 host[0].reshape(-1)[0] += 1  # its first output is off
+
         return launch
 
 

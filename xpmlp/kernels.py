@@ -388,10 +388,13 @@ def self_check(fused: Fused) -> str | None:
             h, a = fused.bias_activation(act, dz, device(b), dmask)
             want_h = activation.forward(np, z + b)
             want_a = want_h if mask is None else want_h * mask
-            results += [(f"bias_{act}", h, want_h), (f"bias_{act}", a, want_a)]
+            bias, grad_name = (
+                kernel_name(kind, act, mask is not None) for kind in ("bias", "grad")
+            )
+            results += [(bias, h, want_h), (bias, a, want_a)]
             got = fused.activation_backward(act, device(g), dmask, device(z + b), device(want_h))
             grad = g if mask is None else g * mask
-            results.append((f"grad_{act}", got, activation.backward(np, z + b, want_h, grad)))
+            results.append((grad_name, got, activation.backward(np, z + b, want_h, grad)))
     logits, labels = host(4, 3) * 10, np.array([0, 2, 1, 2])
     sums = device(np.zeros(2, dtype))
     grad = fused.softmax_xent(device(logits), fused.backend.asarray(labels), sums)

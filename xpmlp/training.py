@@ -123,7 +123,9 @@ class Trainer:
             raise DataError("the training set is empty")
         total_steps = self.schedule_for(n).steps_per_epoch
         xp = model.xp
-        sums = xp.zeros(2, dtype=model.dtype, device=model.backend.device)  # loss over samples, correct count
+        sums = xp.zeros(
+            2, dtype=model.dtype, device=model.backend.device
+        )  # loss over samples, correct count
         self._grad = xp.zeros_like(model.flat)
         start_time = time.perf_counter()
         for step, Xb, yb, masks, lr in self.batches(X, y):
