@@ -2,10 +2,13 @@
 overhead (about 5-10 us of host time each) whatever its arithmetic.
 
 - xpmlp: counted on the CuPy stand-in (``tests/cupy_standin.py``): every NumPy call it makes on
-  device arrays, or to create one, is one launch; ``.get()``, ``float()`` and friends are a
+  device arrays, or to fill a new one, is one launch, and so is each call of a fused kernel
+  (``cupy.RawModule`` functions, which the stand-in runs as their NumPy twins); views and
+  ``empty`` allocations are free, as in CuPy; ``.get()``, ``float()`` and friends are a
   device-to-host copy and a sync; ``cupy.asarray`` of host data is a host-to-device copy. The
   step is the same code as on real CuPy, so the count is CuPy's, give or take kernels CuPy fuses
-  or splits internally (checked on a real GPU per shared/GPU.md).
+  or splits internally (checked on a real GPU per shared/GPU.md). Counted with the fused kernels
+  (the default) and with ``XPMLP_KERNELS=portable`` (the Array API path every namespace runs).
 - torch: ``torch.profiler`` on the CPU, as a proxy where no GPU exists: the leaf ``aten::`` ops
   (those that call no other op) of one step, which on CUDA is roughly one kernel each. Adam is
   ``foreach=True`` (torch's default on CUDA).
@@ -16,6 +19,7 @@ Both count a step in steady state (the third, after warm-up), Adam, one batch of
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -35,8 +39,22 @@ def _standin():
     return module
 
 
-def xpmlp_counts(workload: Workload, *, dropout: float = 0.0) -> dict:
+def xpmlp_counts(workload: Workload, *, dropout: float = 0.0, fused: bool = True) -> dict:
     """Launches, copies and syncs of one steady-state xpmlp training step on the stand-in."""
+    saved = os.environ.get("XPMLP_KERNELS")
+    os.environ["XPMLP_KERNELS"] = "fused" if fused else "portable"
+    try:
+        counts = _xpmlp_counts(workload, dropout)
+    finally:
+        if saved is None:
+            del os.environ["XPMLP_KERNELS"]
+        else:
+            os.environ["XPMLP_KERNELS"] = saved
+    name = "xpmlp" if fused else "xpmlp (portable path)"
+    return {**counts, "framework": name + (f", dropout {dropout}" if dropout else "")}
+
+
+def _xpmlp_counts(workload: Workload, dropout: float) -> dict:
     standin = _standin()
     rng = np.random.default_rng(0)
     n = workload.batch * STEPS
@@ -125,7 +143,9 @@ def _kernels(events) -> int:
 def launch_counts(workloads) -> list[dict]:
     records = []
     for workload in workloads:
-        for counts in (xpmlp_counts(workload), torch_counts(workload)):
+        variants = (xpmlp_counts(workload), xpmlp_counts(workload, dropout=0.2),
+                    xpmlp_counts(workload, fused=False), torch_counts(workload))  # fmt: skip
+        for counts in variants:
             if counts is not None:
                 records.append({"workload": workload.name, "label": workload.label, **counts})
     return records

@@ -85,4 +85,5 @@ GPU_WORKLOADS = (*CPU_WORKLOADS, Workload(8192, (4096, 4096)))
 QUICK_WORKLOADS = (Workload(16, (32,)), Workload(64, (48, 48)))
 
 HEADLINE = Workload(128, (300, 300))  # the targets are stated for this one
+LARGE = Workload(128, (1024, 1024, 1024))  # and the CPU's second target for this one
 QUICK_HEADLINE = QUICK_WORKLOADS[0]

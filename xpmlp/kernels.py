@@ -35,6 +35,7 @@ from .backend import to_numpy
 FUSED_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
 THREADS = 256
 MAX_BLOCKS = 4096
+ADAM_CHUNK = 65536  # elements the CPU twin updates at a time (5 arrays of it: 1.3 MB in float32)
 NVRTC_OPTIONS = ("--fmad=false", "--std=c++11")
 
 # ---------------------------------------------------------------------- CUDA source
@@ -252,7 +253,14 @@ def adam_inplace(lib, p, g, m, v, scratch, b1, one_minus_b1, b2, one_minus_b2, d
 
 
 def _adam_twin(p, g, m, v, n, *scalars):
-    adam_inplace(np, p, g, m, v, _scratch_like(g), *scalars)
+    # In chunks that stay in a core's L2 cache with their scratch: 13 passes over the whole
+    # buffer would stream it from memory 13 times (measured 1.4-1.6x slower at 0.3M-2.9M
+    # parameters on a 2-core Xeon).
+    scratch = _scratch_like(g[:ADAM_CHUNK])
+    for start in range(0, p.shape[0], ADAM_CHUNK):
+        part = slice(start, start + ADAM_CHUNK)
+        size = min(ADAM_CHUNK, p.shape[0] - start)
+        adam_inplace(np, p[part], g[part], m[part], v[part], scratch[:size], *scalars)
 
 
 TWINS = {"softmax_xent": _softmax_xent_twin, "adam": _adam_twin}
