@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tolerances import real_gpu
 
-from xpmlp import MLP, Trainer, kernels, ops, to_numpy
+from xpmlp import MLP, Trainer, kernels, ops, rng, to_numpy
 from xpmlp.backend import get_backend
 
 CONFIGS = [
@@ -69,6 +69,17 @@ def test_the_softmax_twin_equals_the_portable_loss_on_huge_logits():
     np.testing.assert_array_equal(grad, want)
     assert sums[0] == total and sums[0] > 1e4
     assert sums[1] == np.sum(np.argmax(logits, axis=1) == labels)
+
+
+@pytest.mark.parametrize(("shape", "rate", "key"), [((5, 7), 0.5, (1, 2, 3)), ((128, 300), 0.2, (0,)),
+                                                   ((3, 1), 0.99, (2**40, 7))])  # fmt: skip
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_dropout_mask_kernel_gives_the_portable_bits(shape, rate, key, dtype):
+    fused = kernels.fused_for(get_backend("cpu"), dtype)
+    want = rng.dropout_mask(np, shape, rate, key, dtype=np.dtype(dtype), device=None)
+    got = fused.dropout_mask(shape, rate, key)
+    assert got.dtype == want.dtype and got.shape == shape
+    np.testing.assert_array_equal(got, want)
 
 
 def test_namespaces_without_ufuncs_take_the_portable_path():
@@ -139,6 +150,9 @@ def test_an_adam_step_takes_twenty_launches_on_the_standin(cupy_standin, fresh_k
     # gather 2, forward 2 per layer, loss 1, backward 4 per hidden layer and 2 for the first,
     # Adam 1: what benchmarks/launches.py reports for 784-300-300-10.
     assert _step_launches(cupy_standin, model) == [20, 20, 20]
+    # Dropout adds one kernel per hidden layer: its mask.
+    dropout = MLP([6, 16, 16, 3], dropout=0.2, device="cuda:0")
+    assert _step_launches(cupy_standin, dropout) == [22, 22, 22]
 
 
 def test_fused_kernels_on_the_standin_train_as_on_the_cpu(

@@ -7,7 +7,9 @@ a batch-sized array costs memory traffic. So the step's elementwise work is fuse
 - ``grad_<act>[_dropout]``: ``g = act'(z, h) * (g * mask)``, in place;
 - ``softmax_xent``: softmax cross-entropy's gradient of the batch mean, with the batch's loss sum
   and correct count added to the epoch's running sums on the device;
-- ``adam``: one Adam/AdamW update of the whole flat parameter buffer.
+- ``adam``: one Adam/AdamW update of the whole flat parameter buffer;
+- ``dropout_mask``: a layer's inverted-dropout mask from its key, the hash of
+  :func:`xpmlp.rng.dropout_mask` in one pass (about 23 without).
 
 The CUDA source is compiled with NVRTC through CuPy; the twin, a NumPy function with the same
 arguments, runs on the CPU (and on the CuPy stand-in that tests the GPU path). Each twin performs
@@ -29,7 +31,7 @@ import threading
 
 import numpy as np
 
-from . import ops
+from . import ops, rng
 from .backend import to_numpy
 
 FUSED_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "identity")
@@ -133,6 +135,21 @@ extern "C" __global__ void adam(T* p, const T* g, T* m, T* v, long long n, T b1,
 """
 
 
+_DROPOUT_MASK = r"""
+// xpmlp.rng.dropout_mask: keep element i when hash(hash(i * golden) ^ key) >> 8 >= threshold.
+__device__ unsigned int hash32(unsigned int x) {
+  x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; return x ^ (x >> 16);
+}
+extern "C" __global__ void dropout_mask(T* mask, long long n, unsigned int key,
+                                        unsigned int threshold, T scale) {
+  LOOP {
+    unsigned int bits = hash32(hash32((unsigned int)i * 0x9E3779B9u) ^ key);
+    mask[i] = (bits >> 8) >= threshold ? scale : (T)0;
+  }
+}
+"""
+
+
 def kernel_name(kind: str, act: str, dropout: bool) -> str:
     return f"{kind}_{act}{'_dropout' if dropout else ''}"
 
@@ -146,7 +163,7 @@ def cuda_source(dtype: str) -> str:
     for act in FUSED_ACTIVATIONS:
         for dropout in (False, True):
             parts += [_bias_source(act, dropout), _grad_source(act, dropout)]
-    parts += [_SOFTMAX_XENT, _ADAM.replace("LOOP", _LOOP)]
+    parts += [_SOFTMAX_XENT, _ADAM.replace("LOOP", _LOOP), _DROPOUT_MASK.replace("LOOP", _LOOP)]
     return "".join(parts)
 
 
@@ -157,7 +174,7 @@ def kernel_names() -> list[str]:
         for dropout in (False, True)
         for kind in ("bias", "grad")
     ]
-    return [*names, "softmax_xent", "adam"]
+    return [*names, "softmax_xent", "adam", "dropout_mask"]
 
 
 # ---------------------------------------------------------------------- NumPy twins
@@ -263,7 +280,12 @@ def _adam_twin(p, g, m, v, n, *scalars):
         adam_inplace(np, p[part], g[part], m[part], v[part], scratch[:size], *scalars)
 
 
-TWINS = {"softmax_xent": _softmax_xent_twin, "adam": _adam_twin}
+def _dropout_mask_twin(mask, n, key, threshold, scale):
+    keep = (rng.bits_uint32(np, n, int(key)) >> 8) >= threshold
+    np.multiply(keep.astype(mask.dtype), scale, out=mask.reshape(-1))
+
+
+TWINS = {"softmax_xent": _softmax_xent_twin, "adam": _adam_twin, "dropout_mask": _dropout_mask_twin}
 for _act in FUSED_ACTIVATIONS:
     for _dropout in (False, True):
         TWINS[kernel_name("bias", _act, _dropout)] = functools.partial(_bias_twin, _act, _dropout)
@@ -288,7 +310,7 @@ class Fused:
         return self.backend.xp
 
     def _launch(self, name: str, n: int, *args) -> None:
-        self._functions[name](min(-(-n // THREADS), MAX_BLOCKS), args)
+        self._functions[name](min(max(1, -(-n // THREADS)), MAX_BLOCKS), args)
 
     def bias_activation(self, act: str, z, b, mask=None):
         """``z += b`` in place; returns ``(h, a)``: ``h = act(z)`` (``z`` itself for identity)
@@ -314,9 +336,19 @@ class Fused:
         sum and correct count to ``sums`` (a device array of 2) in place."""
         grad = self.xp.empty_like(logits)
         rows, cols = logits.shape
+        if labels.dtype != self.xp.int64:  # the kernel reads them as long long
+            labels = self.xp.astype(labels, self.xp.int64)
         self._functions["softmax_xent"](1, (logits, labels, grad, sums, np.int64(rows),
                                             np.int64(cols)))  # fmt: skip
         return grad
+
+    def dropout_mask(self, shape: tuple[int, int], rate: float, key: tuple[int, ...]):
+        """:func:`xpmlp.rng.dropout_mask` (same bits) in one kernel."""
+        mask = self.xp.empty(shape, dtype=getattr(self.xp, self.dtype), device=self.backend.device)
+        n = shape[0] * shape[1]
+        self._launch("dropout_mask", n, mask, np.int64(n), np.uint32(rng.key_hash(key)),
+                     np.uint32(rng.drop_threshold(rate)), np.dtype(self.dtype).type(1.0 / (1.0 - rate)))  # fmt: skip
+        return mask
 
     def adam(self, p, g, m, v, *, lr, betas, eps, weight_decay, step):
         """One Adam (AdamW with ``weight_decay``) update of ``p``, ``m`` and ``v`` in place."""
@@ -410,6 +442,8 @@ def self_check(fused: Fused) -> str | None:
     correct = np.sum(np.argmax(logits, axis=1) == labels)
     results += [("softmax_xent", grad, want), ("softmax_xent", sums, [loss * 4, correct])]
     results += _adam_check(fused, host, device)
+    want = rng.dropout_mask(np, (7, 9), 0.3, (1, 2, 3), dtype=dtype, device=None)
+    results.append(("dropout_mask", fused.dropout_mask((7, 9), 0.3, (1, 2, 3)), want))
     for name, got, want in results:
         got = to_numpy(got)
         if not np.allclose(got, want, rtol=rtol, atol=rtol):

@@ -254,6 +254,11 @@ class MLP:
             key = rng.model_dropout_key(self.seed, self._mask_draws)
             self._mask_draws += 1
         key = rng.as_key(key)
+        if self.fused is not None:
+            widths = enumerate(self.layer_sizes[1:-1])
+            return [
+                self.fused.dropout_mask((n_samples, w), self.dropout, (*key, i)) for i, w in widths
+            ]
         return [
             rng.dropout_mask(
                 self.xp,

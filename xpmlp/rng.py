@@ -97,15 +97,20 @@ def dropout_mask(xp, shape: tuple[int, int], rate: float, key: tuple[int, ...], 
     n = shape[0] * shape[1]
     lib = ufunc_module(xp)
     if lib is not None:
-        bits = _bits_uint32(lib, n, key_hash(key))
+        bits = bits_uint32(lib, n, key_hash(key))
     else:
         index = xp.arange(n, dtype=xp.int64, device=device)
         bits = _hash32(_hash32(_mul32(index, 0x9E3779B9)) ^ key_hash(key))
-    keep = (bits >> 8) >= round(rate * 2**24)
+    keep = (bits >> 8) >= drop_threshold(rate)
     return xp.reshape(xp.astype(keep, dtype), shape) * (1.0 / (1.0 - rate))
 
 
-def _bits_uint32(lib, n: int, key: int):
+def drop_threshold(rate: float) -> int:
+    """An element is kept when the top 24 bits of its hash are at least this."""
+    return round(rate * 2**24)
+
+
+def bits_uint32(lib, n: int, key: int):
     """The same bits with NumPy/CuPy uint32 arithmetic, which wraps modulo 2**32 by itself: a
     third of the passes of the portable int64 path (tested bit-identical)."""
     x = lib.arange(n, dtype=lib.uint32)
