@@ -20,7 +20,7 @@ LAYERS = {
     "kernels": 3, "datasets": 3, "userdata": 3,
     "model": 4,
     "optim": 5, "gradcheck": 5, "metrics": 5, "diagnostics": 5,
-    "config": 6, "runs": 6,
+    "config": 6, "runs": 6, "distributed": 6,
     "training": 7,
     "fitting": 8, "prepare": 8,
     "cli": 9, "__init__": 9, "__main__": 10,

@@ -24,24 +24,30 @@ from . import datasets, reporting, userdata
 from ._version import __version__
 from .backend import get_backend, to_numpy
 from .config import DataConfig, TrainConfig
+from .distributed import (
+    REDUCTIONS,
+    communicator,
+    device_for,
+    launched_rank,
+    limit_blas_threads,
+    on_root,
+)  # fmt: skip
 from .errors import CheckpointError, ConfigError, DataError, XpmlpError
 from .files import write_atomic
-from .fitting import RESUMABLE, resume_from, train_in_run
+from .fitting import RESUMABLE, resume_from, resumed_settings, train_in_run
 from .inputs import Scaler, check_rows, encode_labels
 from .metrics import evaluate
 from .model import MLP
 from .ops import ACTIVATIONS
 from .optim import OPTIMIZERS, SCHEDULES
 from .prepare import Prepared, load_data, prepare, scaled
-from .runs import RunDir, classes_of, load_model, model_of, scaler_of, trainer_state, versions
+from .runs import RunDir, classes_of, load_model, model_of, scaler_of, versions
 from .training import Trainer
 
 DEFAULT_HIDDEN = (300, 300)
 MODEL_FLAGS = ("hidden", "activation", "dropout", "dtype", "l2")
 TRAIN_FLAGS = tuple(f for f in TrainConfig().to_dict() if f != "shuffle")
 DATA_FLAGS = ("dataset", "test_dataset", "data_dir", "label_column", "scaling", "val_fraction")
-# Flags a resumed run may change; every other explicit flag must match the run's setting.
-RESUME_FLAGS = (*RESUMABLE, "data_dir", "no_download", "device", "quiet", "resume", "out")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,6 +152,27 @@ def build_parser() -> argparse.ArgumentParser:
         "same command is safe to repeat",
     )  # fmt: skip
     _add(run, "--quiet", "no progress output", action="store_true")
+    _add(
+        run,
+        "--distributed",
+        "data-parallel over MPI processes (mpiexec -n N xpmlp train ...): "
+        "auto (when launched by an MPI launcher), none or mpi",
+        choices=("auto", "none", "mpi"),
+    )
+    _add(
+        run,
+        "--reduce",
+        "how processes sum gradients: ordered (bit-identical to --grad-shards N "
+        "in one process) or allreduce (MPI's order)",
+        choices=REDUCTIONS,
+    )
+    _add(
+        optim,
+        "--grad-shards",
+        "cut each batch into N slices and sum their gradients in order, as N processes do",
+        type=_positive_int,
+        metavar="N",
+    )
 
     evaluate_cmd = commands.add_parser(
         "evaluate", help="evaluate a checkpoint", formatter_class=fmt
@@ -207,76 +234,31 @@ def _new_run(flags: dict):
     return train, data, model
 
 
-def _resumed_run(flags: dict, ckpt: dict):
-    """Settings of a resumed run: the checkpoint's, with the few flags that may change applied;
-    any other explicit flag that differs from the run's setting is refused."""
-    state = trainer_state(ckpt)
-    meta = ckpt["meta"]
-    try:
-        train = TrainConfig.from_dict(state["meta"]["config"])
-        data = DataConfig.from_dict(meta.get("data") or {})
-        model = dict(meta["model"])
-        saved = {**train.to_dict(), **data.to_dict(), **model,
-                 "hidden": list(model["layer_sizes"][1:-1]), "no_download": not data.download}  # fmt: skip
-    except (ConfigError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{ckpt['path']} has malformed settings ({exc})") from None
-    for name, value in flags.items():
-        if name in RESUME_FLAGS or name not in saved:
-            continue
-        if name in ("dataset", "test_dataset"):
-            value = DataConfig(**{name: value}).absolute().to_dict()[name]
-        if value != saved[name]:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(
-                f"{flag} {value} differs from the resumed run's {saved[name]}; a resumed run keeps "
-                f"its settings (only --{', --'.join(f.replace('_', '-') for f in RESUMABLE)}, "
-                "--device and --data-dir may change)"
-            )
-    train = train.replace(**{k: flags[k] for k in RESUMABLE if k in flags})
-    data = data.replace(
-        data_dir=flags.get("data_dir", data.data_dir),
-        download=not flags.get("no_download", not data.download),
-    ).absolute()
-    return train, data
-
-
 def cmd_train(args) -> int:
+    comm = communicator(args.distributed or "auto", reduce=args.reduce or "ordered")
+    limit_blas_threads(comm)
     flags = _explicit(args)
-    ckpt = None
-    resuming = args.resume is not None
-    if resuming:
-        where = args.resume or args.out
-        if not where:
-            raise ConfigError("--resume needs a run directory (or --out)")
-        if args.out and args.resume and Path(args.out).resolve() != Path(args.resume).resolve():
-            raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs")
-        if Path(where).is_file():
-            raise ConfigError(f"--resume takes a run directory; {where} is a file")
-        resuming = RunDir(where).latest() is not None
-        if not resuming:  # killed before its first checkpoint, or never started: start it
-            print(f"xpmlp: no checkpoint in {where} yet; starting the run there", file=sys.stderr)
-            args.out, args.overwrite = where, True  # a run without a checkpoint holds nothing
-    if resuming:
-        run = RunDir(where).open()
-    else:
-        train, data, model_settings = _new_run(flags)
-        name = Path(data.dataset).stem
-        run = RunDir(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run.check_new(overwrite=bool(args.overwrite))
+    if comm.size > 1:  # one gradient shard per process
+        if flags.setdefault("grad_shards", comm.size) != comm.size:
+            raise ConfigError(f"--grad-shards {flags['grad_shards']} differs from the {comm.size} "
+                              "processes of this job, each of which computes one shard")  # fmt: skip
+    opened = {}  # on rank 0: the run directory is read, locked and written there only
+    path, ckpt = on_root(comm, lambda: _open_run(args, flags, opened))
+    run = opened.get("run") or RunDir(path, writer=False)
     with run:
-        if resuming:
-            ckpt = run.load_latest()
-            if ckpt is None:
-                raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
-            train, data = _resumed_run(flags, ckpt)
+        if ckpt is not None:
+            train, data = resumed_settings(flags, ckpt)
             state = ckpt["meta"]["trainer"]  # a malformed one is refused by resume_from below
             epoch = state.get("epoch") if isinstance(state.get("epoch"), int) else -1
             if epoch >= train.epochs or (epoch >= 0 and state.get("stopped_early") is True):
                 how = "stopped early" if state.get("stopped_early") else "finished"
-                print(f"the run in {run.path} has {how} at epoch {state['epoch']}; nothing to do "
-                      "(pass a larger --epochs to extend it)")  # fmt: skip
+                if comm.rank == 0:
+                    print(f"the run in {run.path} has {how} at epoch {state['epoch']}; nothing "
+                          "to do (pass a larger --epochs to extend it)")  # fmt: skip
                 return 0
-        backend = get_backend(args.device or "auto")
+        else:
+            train, data, model_settings = _new_run(flags)
+        backend = get_backend(device_for(args.device or "auto", comm))
         model = model_of(ckpt, device=backend) if ckpt else None
         dtype = model.dtype_name if model else model_settings["dtype"]
         saved_scaler = scaler_of(ckpt) if ckpt else None
@@ -295,10 +277,39 @@ def cmd_train(args) -> int:
             if (sizes[0], sizes[-1]) != (n_features, n_classes):
                 raise DataError(f"{prepared.source} has {n_features} features and {n_classes} "
                                 f"classes; the run's model has {sizes[0]} and {sizes[-1]}")  # fmt: skip
-        trainer = Trainer(model, train)
+        trainer = Trainer(model, train, comm=comm)
         if ckpt is not None:
             resume_from(trainer, ckpt)
-        return _train(trainer, run, prepared, data, quiet=bool(args.quiet))
+        return _train(trainer, run, prepared, data, quiet=bool(args.quiet) or comm.rank != 0)
+
+
+def _open_run(args, flags: dict, opened: dict):
+    """(run directory path, newest checkpoint or None); the directory, opened and locked for a
+    resume or checked for a new run, goes into ``opened["run"]``."""
+    resuming = args.resume is not None
+    if resuming:
+        where = args.resume or args.out
+        if not where:
+            raise ConfigError("--resume needs a run directory (or --out)")
+        if args.out and args.resume and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs")
+        if Path(where).is_file():
+            raise ConfigError(f"--resume takes a run directory; {where} is a file")
+        resuming = RunDir(where).latest() is not None
+        if not resuming:  # killed before its first checkpoint, or never started: start it
+            print(f"xpmlp: no checkpoint in {where} yet; starting the run there", file=sys.stderr)
+            args.out, args.overwrite = where, True  # a run without a checkpoint holds nothing
+    if resuming:
+        run = opened["run"] = RunDir(where).open()
+        ckpt = run.load_latest()
+        if ckpt is None:
+            raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
+        return str(run.path), ckpt
+    _, data, _ = _new_run(flags)
+    run = RunDir(args.out or f"runs/{Path(data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run.check_new(overwrite=bool(args.overwrite))
+    opened["run"] = run
+    return str(run.path), None
 
 
 def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -> int:
@@ -317,12 +328,14 @@ def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -
         )  # fmt: skip
     except KeyboardInterrupt as exc:
         progress.close()
-        print(f"xpmlp: interrupted; saved epoch {trainer.epoch}; continue with --resume {run.path}",
-              file=sys.stderr)  # fmt: skip
+        if run.writer:
+            print(f"xpmlp: interrupted; saved epoch {trainer.epoch}; continue with --resume "
+                  f"{run.path}", file=sys.stderr)  # fmt: skip
         return 128 + getattr(exc, "signum", signal.SIGINT)
     finally:
         progress.close()
-    _print_summary(trainer, run.path)
+    if run.writer:
+        _print_summary(trainer, run.path)
     return 0
 
 
@@ -448,7 +461,8 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except XpmlpError as exc:
-        print(f"xpmlp: error: {exc}", file=sys.stderr)
+        if launched_rank() == 0:  # every process of a distributed job meets the same error
+            print(f"xpmlp: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `xpmlp predict ... | head`: the reader left; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

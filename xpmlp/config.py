@@ -94,6 +94,10 @@ class TrainConfig(_Settings):
         Visit the training set in a new seeded order each epoch.
     checkpoint_every, keep_checkpoints : int
         In a run directory: write a checkpoint every N epochs (and at the end); keep the newest K.
+    grad_shards : int
+        Split each batch into this many contiguous slices and sum their gradients, each weighted
+        by its share of the batch, in slice order: what a data-parallel run over that many
+        processes computes, bit for bit (see :mod:`xpmlp.distributed`). 1: the whole batch.
     """
 
     optimizer: str = "adam"
@@ -112,6 +116,7 @@ class TrainConfig(_Settings):
     shuffle: bool = True
     checkpoint_every: int = 1
     keep_checkpoints: int = 3
+    grad_shards: int = 1
 
     def __post_init__(self):
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -136,6 +141,7 @@ class TrainConfig(_Settings):
             raise ConfigError(f"shuffle must be True or False; got {self.shuffle!r}")
         _integer("checkpoint_every", self.checkpoint_every, 1)
         _integer("keep_checkpoints", self.keep_checkpoints, 1)
+        _integer("grad_shards", self.grad_shards, 1)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 
 from . import reporting
 from .checkpoint import checkpoint_name
-from .config import TrainConfig
-from .errors import ConfigError
+from .config import DataConfig, TrainConfig
+from .distributed import communicator, on_root
+from .errors import CheckpointError, ConfigError
 from .inputs import Scaler
 from .model import MLP
 from .runs import RunDir, trainer_state
@@ -19,6 +20,9 @@ from .training import Trainer
 
 # Settings that may change when a run is resumed: how long it runs and how it is checkpointed.
 RESUMABLE = ("epochs", "checkpoint_every", "keep_checkpoints")
+# Command-line flags a resumed run may change; every other explicit one must match the run's.
+RESUME_FLAGS = (*RESUMABLE, "data_dir", "no_download", "device", "quiet", "resume", "out",
+                "distributed", "reduce")  # fmt: skip
 
 
 def fit(
@@ -35,6 +39,7 @@ def fit(
     config: TrainConfig | None = None,
     callbacks: Sequence[Callable] = (),
     verbose: bool | None = None,
+    distributed=None,
     **settings,
 ) -> list[dict]:
     """Train ``model`` on (X, y) with minibatch gradient descent; returns the per-epoch history.
@@ -63,6 +68,11 @@ def fit(
     verbose : bool or None
         Show a progress bar and one line per epoch (with the training notes) on stderr; None
         (the default) shows them in a terminal or notebook only.
+    distributed : str or communicator, optional
+        ``"mpi"``, ``"auto"`` (MPI when an MPI launcher started this process) or ``"none"``, or a
+        communicator from :func:`xpmlp.distributed.communicator`: train data-parallel, each
+        process on its slice of every batch (see :mod:`xpmlp.distributed`); every process calls
+        ``fit`` with the same data and settings, and only rank 0 writes ``out`` and reports.
     **settings
         :class:`~xpmlp.config.TrainConfig` fields (``optimizer``, ``lr``, ``batch_size``,
         ``epochs``, ``schedule``, ``seed``, ...), alone or overriding ``config``'s.
@@ -75,9 +85,13 @@ def fit(
         of the epoch, evaluation excluded), ``samples_per_second`` and ``health`` (see
         :func:`xpmlp.diagnostics.health`), plus ``notes`` when there are any.
     """
-    trainer = Trainer(model, config, **settings)
+    comm = (
+        communicator(distributed or "none") if isinstance(distributed, str | None) else distributed
+    )
+    trainer = Trainer(model, config, comm=comm, **settings)
     if verbose is None:
         verbose = sys.stderr.isatty() or "ipykernel" in sys.modules
+    verbose = verbose and comm.rank == 0
     progress = reporting.Progress(trainer.epochs, quiet=not verbose)
     callbacks = [lambda trainer, record: progress.on_epoch(record), *callbacks]
     if out is None:
@@ -86,9 +100,16 @@ def fit(
                                callbacks=callbacks, on_batch=progress.on_batch)  # fmt: skip
         finally:
             progress.close()
-    run = RunDir(out)
-    with run.open() if resume and run.path.is_dir() else run.create(overwrite=overwrite):
-        if resume and (ckpt := run.load_latest()) is not None:
+    run = RunDir(out, writer=comm.rank == 0)
+
+    def open_here():
+        resuming = resume and run.path.is_dir()
+        run.open() if resuming else run.create(overwrite=overwrite)
+        return run.load_latest() if resuming else None
+
+    ckpt = on_root(comm, open_here)
+    with run:
+        if ckpt is not None:
             resume_from(trainer, ckpt)
         try:
             return train_in_run(trainer, run, X, y, validation_data=validation_data,
@@ -196,3 +217,42 @@ def _best_epoch(trainer: Trainer) -> int | None:
         return int(trainer.best["epoch"])
     scored = [r for r in trainer.history if r.get("val_loss") is not None]
     return min(scored, key=lambda r: r["val_loss"])["epoch"] if scored else None
+
+
+def resumed_settings(flags: dict, ckpt: dict):
+    """Settings of a resumed run: the checkpoint's, with the few flags that may change applied;
+    any other explicit flag that differs from the run's setting is refused."""
+    state = trainer_state(ckpt)
+    meta = ckpt["meta"]
+    try:
+        train = TrainConfig.from_dict(state["meta"]["config"])
+        data = DataConfig.from_dict(meta.get("data") or {})
+        model = dict(meta["model"])
+        saved = {**train.to_dict(), **data.to_dict(), **model,
+                 "hidden": list(model["layer_sizes"][1:-1]), "no_download": not data.download}  # fmt: skip
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt['path']} has malformed settings ({exc})") from None
+    for name, value in flags.items():
+        if name in RESUME_FLAGS or name not in saved:
+            continue
+        if name in ("dataset", "test_dataset"):
+            value = DataConfig(**{name: value}).absolute().to_dict()[name]
+        if name == "grad_shards" and value != saved[name]:
+            raise ConfigError(
+                f"the run was trained with {saved[name]} gradient shard(s) (processes) and this "
+                f"job has {value}; resume it with mpiexec -n {saved[name]} or --grad-shards "
+                f"{saved[name]}"
+            )
+        if value != saved[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {value} differs from the resumed run's {saved[name]}; a resumed run keeps "
+                f"its settings (only --{', --'.join(f.replace('_', '-') for f in RESUMABLE)}, "
+                "--device and --data-dir may change)"
+            )
+    train = train.replace(**{k: flags[k] for k in RESUMABLE if k in flags})
+    data = data.replace(
+        data_dir=flags.get("data_dir", data.data_dir),
+        download=not flags.get("no_download", not data.download),
+    ).absolute()
+    return train, data

@@ -86,9 +86,9 @@ class RunDir:
 
     def create(self, *, overwrite: bool = False) -> RunDir:
         """Start a new run here: the directory is made, locked, and cleared with ``overwrite``."""
-        self.check_new(overwrite=overwrite)
-        if not self.writer:
+        if not self.writer:  # the writer checks and creates it
             return self
+        self.check_new(overwrite=overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock()
         for name in (CONFIG, METRICS, CURVES):
@@ -99,11 +99,12 @@ class RunDir:
 
     def open(self) -> RunDir:
         """Open an existing run to resume it (locked)."""
+        if not self.writer:  # the writer checks and opens it
+            return self
         if not self.path.is_dir():
             raise CheckpointError(f"run directory {self.path} does not exist")
-        if self.writer:
-            self.lock()
-            self.checkpoints.mkdir(exist_ok=True)
+        self.lock()
+        self.checkpoints.mkdir(exist_ok=True)
         return self
 
     def lock(self) -> None:

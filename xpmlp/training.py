@@ -25,12 +25,13 @@ from .diagnostics import (
     notes_for,
     unscaled_advice,
 )
+from .distributed import Local, shard_bounds
 from .errors import CheckpointError, ConfigError, DataError, DivergedError, NonFiniteError
 from .inputs import check_rows
 from .metrics import evaluate
 from .model import MLP
 from .optim import FLAT, Optimizer, Schedule, clip_grad_norm, make_optimizer
-from .signals import DeferredStop
+from .signals import DeferredStop, Interrupted
 
 
 class Trainer:
@@ -45,11 +46,19 @@ class Trainer:
         TrainConfig fields given as keywords, alone or to override ``config``'s.
     """
 
-    def __init__(self, model: MLP, config: TrainConfig | None = None, **settings):
+    def __init__(self, model: MLP, config: TrainConfig | None = None, *, comm=None, **settings):
         try:
             config = (config or TrainConfig()).replace(**settings)
         except TypeError as exc:
             raise ConfigError(f"unknown training setting: {exc}") from None
+        self.comm = comm or Local()
+        if self.comm.size > 1:  # one shard per process
+            if config.grad_shards not in (1, self.comm.size):
+                raise ConfigError(
+                    f"grad_shards is {config.grad_shards} but {self.comm.size} processes train "
+                    "together: each computes one shard"
+                )
+            config = config.replace(grad_shards=self.comm.size)
         self.model = model
         self.config = config
         self.optimizer: Optimizer = make_optimizer(
@@ -66,6 +75,8 @@ class Trainer:
         self.stop_signal: DeferredStop | None = None  # checked between steps (see signals.py)
         self._probe = None  # (X, y) rows health is measured on, set by fit
         self._grad = None  # the flat gradient buffer steps write into (zeros in its gaps)
+        self._shard_grad = None  # the next shard's gradient, added to _grad
+        self._collective_stop = 0  # a signal some process of a distributed run received
 
     @property
     def backend(self):
@@ -122,19 +133,15 @@ class Trainer:
         if n == 0:
             raise DataError("the training set is empty")
         total_steps = self.schedule_for(n).steps_per_epoch
-        xp = model.xp
-        sums = xp.zeros(
-            2, dtype=model.dtype, device=model.backend.device
-        )  # loss over samples, correct count
-        self._grad = xp.zeros_like(model.flat)
+        sums = self._zero_sums()
+        self._grad = model.xp.zeros_like(model.flat)
         start_time = time.perf_counter()
         for step, Xb, yb, masks, lr in self.batches(X, y):
             sums = self.train_step(Xb, yb, masks, lr=lr, sums=sums)
             if on_batch is not None:
                 on_batch(step + 1, total_steps)
-            if self.stop_signal is not None:
-                self.stop_signal.check()
-        loss_sum, correct = (float(value) for value in to_numpy(sums))  # the one sync
+            self._check_stop()
+        loss_sum, correct = (float(value) for value in self._epoch_sums(sums))
         seconds = time.perf_counter() - start_time
         return {
             "train_loss": loss_sum / n,
@@ -145,18 +152,77 @@ class Trainer:
         }
 
     @on_device
-    def train_step(self, Xb, yb, masks, *, lr: float, sums=None):
-        """Forward, backward and update on one batch; returns ``sums`` (a device array: the
-        epoch's loss summed over samples, and its correct count; zeros when None) with the
-        batch added."""
-        model = self.model
-        if sums is None:
-            sums = model.xp.zeros(2, dtype=model.dtype, device=model.backend.device)
-        if self._grad is None or self._grad.dtype != model.dtype:
-            self._grad = model.xp.zeros_like(model.flat)  # written in place; zeros in its gaps
-        grad, sums = model.train_gradients(Xb, yb, masks, sums, self._grad)
+    def train_step(self, Xb, yb, masks, *, lr: float, sums: list | None = None) -> list:
+        """Forward, backward and update on one batch; returns ``sums`` with the batch added.
+
+        ``sums`` holds, per gradient shard, a device array of the loss summed over samples and
+        the correct count (zeros when None). With ``grad_shards`` > 1 the batch is cut into
+        contiguous slices (:func:`~xpmlp.distributed.shard_bounds`); in a distributed run this
+        process computes its own slice and the gradients are reduced across processes.
+        """
+        sums = self._zero_sums() if sums is None else sums
+        if self._grad is None or self._grad.dtype != self.model.dtype:
+            self._grad = self.model.xp.zeros_like(self.model.flat)  # zeros in its gaps
+        grad = self._local_gradient(Xb, yb, masks, sums)
+        if self.comm.size > 1:
+            grad = self._reduce(grad)
         self.apply_gradients(grad, lr=lr)
         return sums
+
+    def _local_gradient(self, Xb, yb, masks, sums):
+        model, n, shards = self.model, Xb.shape[0], self.config.grad_shards
+        if shards == 1:
+            grad, sums[0] = model.train_gradients(Xb, yb, masks, sums[0], self._grad)
+            return grad
+        total = None
+        for index in self._own_shards:
+            start, stop = shard_bounds(n, shards, index)
+            if total is not None and self._shard_grad is None:
+                self._shard_grad = model.xp.zeros_like(model.flat)
+            buffer = self._grad if total is None else self._shard_grad
+            if stop > start:
+                rows = slice(start, stop)
+                grad, sums[index] = model.train_gradients(
+                    Xb[rows, ...], yb[rows, ...], [m[rows, ...] for m in masks], sums[index],
+                    buffer,
+                )  # fmt: skip
+                grad = _scaled(model, grad, (stop - start) / n)
+            else:  # fewer rows than shards: this slice is empty and adds zeros
+                grad = model.xp.zeros_like(model.flat)
+            total = grad if total is None else _added(model, total, grad)
+        return total
+
+    def _reduce(self, grad):
+        """The sum over processes, in one call that also says whether any received a signal."""
+        signal = self.stop_signal.received if self.stop_signal is not None else None
+        total, self._collective_stop = self.comm.reduce_gradients(to_numpy(grad), signal or 0)
+        return self.model.backend.asarray(total, self.model.dtype)
+
+    def _check_stop(self) -> None:
+        if self.comm.size > 1:  # every process stops at the same step
+            if self._collective_stop:
+                raise Interrupted(self._collective_stop)
+        elif self.stop_signal is not None:
+            self.stop_signal.check()
+
+    @property
+    def _own_shards(self) -> range:
+        if self.comm.size > 1:
+            return range(self.comm.rank, self.comm.rank + 1)
+        return range(self.config.grad_shards)
+
+    def _zero_sums(self) -> list:
+        model = self.model
+        return [model.xp.zeros(2, dtype=model.dtype, device=model.backend.device)
+                for _ in range(self.config.grad_shards)]  # fmt: skip
+
+    def _epoch_sums(self, sums: list):
+        """The epoch's (loss sum, correct count), read once per shard, summed in shard order."""
+        own = [to_numpy(sums[index]) for index in self._own_shards]
+        total = own[0].copy() if len(own) > 1 else own[0]
+        for values in own[1:]:
+            total += values
+        return self.comm.sum_in_rank_order(total)
 
     @on_device
     def apply_gradients(self, grad, *, lr: float) -> None:
@@ -380,3 +446,17 @@ class Trainer:
         initial = meta.get("initial_loss")
         self.initial_loss = float(initial) if isinstance(initial, int | float) else None
         self.best = {**best, "params": state.get("best")}
+
+
+def _scaled(model: MLP, grad, factor: float):
+    if model.backend.lib is not None:
+        grad *= factor
+        return grad
+    return grad * factor
+
+
+def _added(model: MLP, total, grad):
+    if model.backend.lib is not None:
+        total += grad
+        return total
+    return total + grad
