@@ -248,6 +248,10 @@ def cmd_train(args) -> int:
     with run:
         if ckpt is not None:
             train, data = resumed_settings(flags, ckpt)
+            if comm.size < train.grad_shards and comm.rank == 0:
+                print(f"xpmlp: the run was trained by {train.grad_shards} processes; this job "
+                      f"has {comm.size}, which computes their {train.grad_shards} gradient shards "
+                      "itself (the same result)", file=sys.stderr)  # fmt: skip
             state = ckpt["meta"]["trainer"]  # a malformed one is refused by resume_from below
             epoch = state.get("epoch") if isinstance(state.get("epoch"), int) else -1
             if epoch >= train.epochs or (epoch >= 0 and state.get("stopped_early") is True):
