@@ -82,6 +82,19 @@ def test_mpi_without_mpi4py_is_one_line(monkeypatch):
         distributed.communicator("mpi")
 
 
+def test_a_launcher_whose_processes_mpi_cannot_see_is_refused():
+    # A launcher said 2 processes, but this one initialises MPI alone (a singleton): the
+    # mismatch of an mpi4py built against another MPI than the launcher's. In a subprocess:
+    # MPI_Init is once per process.
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
+    env["OMPI_COMM_WORLD_SIZE"] = "2"
+    code = "from xpmlp import distributed; distributed.communicator('auto')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=TIMEOUT)  # fmt: skip
+    assert result.returncode != 0
+    assert "the launcher started 2 processes but MPI sees only this one" in result.stderr
+
+
 # ---------------------------------------------------------------------- under mpiexec
 
 

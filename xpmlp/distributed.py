@@ -133,7 +133,8 @@ def communicator(mode: str = "auto", *, reduce: str = "ordered"):
     if mode not in MODES:
         raise ConfigError(f"unknown --distributed {mode!r}; choose one of {', '.join(MODES)}")
     launched = launched_size()
-    if mode == "none" or (mode == "auto" and launched is None):
+    under_launcher = any(name in os.environ for name in LAUNCHER_VARIABLES)
+    if mode == "none" or (mode == "auto" and not under_launcher):
         return Local()
     try:
         from mpi4py import MPI as mpi
