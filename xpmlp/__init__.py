@@ -7,26 +7,45 @@ NumPy on the CPU, CuPy on CUDA GPUs, chosen at run time::
     history = xpmlp.fit(model, X_train, y_train, epochs=10, validation_data=(X_val, y_val))
 """
 
-from ._version import __version__
-from .backend import Backend, get_backend, to_numpy
-from .config import DataConfig, TrainConfig
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    DeviceError,
-    DivergedError,
-    NonFiniteError,
-    XpmlpError,
+import signal as _signal
+import threading as _threading
+
+# A Ctrl-C that lands while the package imports would raise inside whatever import machinery runs
+# then (Python prints "Exception ignored ... KeyboardInterrupt" and carries on); it is held until
+# the imports are done instead, and raised there.
+_held: list[int] = []
+_holding = (
+    _threading.current_thread() is _threading.main_thread()
+    and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
 )
-from .fitting import fit
-from .gradcheck import gradcheck
-from .inputs import Scaler
-from .metrics import evaluate
-from .model import MLP, LayerRecord
-from .optim import Schedule, clip_grad_norm, make_optimizer
-from .runs import RunDir, load_model
-from .training import Trainer
+if _holding:
+    _signal.signal(_signal.SIGINT, lambda signum, frame: _held.append(signum))
+try:
+    from ._version import __version__
+    from .backend import Backend, get_backend, to_numpy
+    from .config import DataConfig, TrainConfig
+    from .errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        DeviceError,
+        DivergedError,
+        NonFiniteError,
+        XpmlpError,
+    )
+    from .fitting import fit
+    from .gradcheck import gradcheck
+    from .inputs import Scaler
+    from .metrics import evaluate
+    from .model import MLP, LayerRecord
+    from .optim import Schedule, clip_grad_norm, make_optimizer
+    from .runs import RunDir, load_model
+    from .training import Trainer
+finally:
+    if _holding:
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+if _held:
+    raise KeyboardInterrupt
 
 __all__ = [
     "__version__",
