@@ -54,9 +54,6 @@ class Local:
     def broadcast(self, obj):
         return obj
 
-    def abort(self, code: int) -> None:
-        raise SystemExit(code)
-
 
 class MPI:
     """The processes of an MPI job (``mpiexec -n W``, ``srun``), through mpi4py.
@@ -99,9 +96,6 @@ class MPI:
 
     def broadcast(self, obj):
         return self.comm.bcast(obj, root=0)
-
-    def abort(self, code: int) -> None:
-        self.comm.Abort(code)
 
 
 def _sum_rows(rows: np.ndarray) -> np.ndarray:
