@@ -141,9 +141,12 @@ def _as_named(model: MLP, dweights, dbiases) -> dict:
     return named
 
 
-def _backprop(model: MLP, X, y, bugs: frozenset = frozenset()) -> dict:
-    """xpmlp's backward pass (through its public forward record), with ``bugs`` applied."""
+def _backprop(model: MLP, X, y, bugs: frozenset = frozenset(), *, trace: dict | None = None):
+    """xpmlp's backward pass (through its public forward record), with ``bugs`` applied;
+    ``trace`` receives the forward records and each layer's delta."""
     outputs, records = model.forward_record(X)
+    trace = {} if trace is None else trace
+    trace["records"], trace["deltas"] = records, {}
     n = X.shape[0]
     p = ops.softmax(np, outputs)
     delta = p - np.eye(model.n_outputs)[y]
@@ -153,6 +156,7 @@ def _backprop(model: MLP, X, y, bugs: frozenset = frozenset()) -> dict:
         delta = delta * p * (1 - p)
     grads = {}
     for i in reversed(range(model.n_layers)):
+        trace["deltas"][i] = delta
         grads[f"layers.{i}.weight"] = records[i].inputs.T @ delta
         grads[f"layers.{i}.bias"] = delta.sum(axis=0)
         if i == 0:
@@ -185,7 +189,8 @@ def _close(a, b) -> bool:
 
 
 def _diagnose(model: MLP, got: dict, X, y) -> Report:
-    reference = _backprop(model, X, y)
+    trace = {}
+    reference = _backprop(model, X, y, trace=trace)
     findings = _shape_findings(got, reference)
     if findings:
         return Report(findings)
@@ -202,7 +207,7 @@ def _diagnose(model: MLP, got: dict, X, y) -> Report:
             variant = _backprop(model, X, y, frozenset(bugs))
             if all(_close(got[name], variant[name]) for name in variant):
                 return Report([_whole_pass_finding(bug, model) for bug in bugs])
-    return Report(_per_parameter_findings(got, reference, X.shape[0]))
+    return Report(_per_parameter_findings(got, reference, X.shape[0], trace))
 
 
 def _shape_findings(got: dict, reference: dict) -> list[Finding]:
@@ -224,13 +229,23 @@ def _shape_findings(got: dict, reference: dict) -> list[Finding]:
     return findings
 
 
-def _per_parameter_findings(got: dict, reference: dict, n: int) -> list[Finding]:
+def _per_parameter_findings(got: dict, reference: dict, n: int, trace: dict) -> list[Finding]:
     """The first disagreeing parameter in backward order, and what its pattern says."""
     for name in reversed(list(reference)):
         value, want = got[name], reference[name]
         if _close(value, want):
             continue
         user, layer = _user(name), _layer(name)
+        delta = trace["deltas"][layer - 1]
+        if name.endswith(".bias") and any(_close(value, row) for row in delta):
+            return [Finding("bias_gradient_wrong", f"your bias gradient for layer {layer} is one "
+                            "sample's delta: in a per-sample loop, add each sample's delta "
+                            "(+=), do not assign it (=)", name, layer)]  # fmt: skip
+        if name.endswith(".weight") and (source := _wrong_input(value, delta, trace, layer - 1)):
+            return [Finding("wrong_layer_input", f"your weight gradient for layer {layer} is "
+                            f"built from {source}; it must be the layer's own input (X for "
+                            "layer 1, else the previous layer's activation) transposed, times "
+                            "delta", name, layer)]  # fmt: skip
         if name.endswith(".bias") and value.size > 1 and np.allclose(value, value.flat[0]):
             return [Finding("bias_gradient_wrong", f"your bias gradient for layer {layer} has the "
                             "same value in every entry: sum delta over axis 0 (samples), not over "
@@ -248,6 +263,22 @@ def _per_parameter_findings(got: dict, reference: dict, n: int) -> list[Finding]
                         f"{_relative_error(value, want):.3g} relative; the layers after it are "
                         "right", name, layer)]  # fmt: skip
     return []
+
+
+def _wrong_input(value, delta, trace: dict, index: int) -> str | None:
+    """What ``value`` was built from, if it is ``A.T @ delta`` for another array of the forward
+    pass than the layer's own input."""
+    records = trace["records"]
+    candidates = []
+    for j, record in enumerate(records):
+        if j != index:
+            candidates.append((record.inputs, "X" if j == 0 else f"layer {j}'s activation"))
+        if record.activation is not None:
+            candidates.append((record.pre_activation, f"layer {j + 1}'s pre-activation z"))
+    for array, label in candidates:
+        if array.shape[1] == value.shape[0] and _close(value, array.T @ delta):
+            return label
+    return None
 
 
 def _whole_pass_finding(bug: str, model: MLP) -> Finding:
@@ -269,3 +300,116 @@ def _layer(name: str) -> int:
 def _user(name: str) -> str:
     kind = "weights" if name.endswith(".weight") else "biases"
     return f"layer {_layer(name)}'s {kind}"
+
+
+# ---------------------------------------------------------------------- the forward pass
+
+FLOORED_RELU = 1e-3  # max(0.001, z): a "ReLU" that never outputs 0
+
+
+def check_forward(
+    forward: Callable,
+    layer_sizes: Sequence[int],
+    *,
+    activation: str = "relu",
+    returns: str = "probabilities",
+    n_samples: int = 8,
+    seed: int = 0,
+) -> Report:
+    """Check ``forward(weights, biases, X) -> probabilities`` (or ``returns="logits"``).
+
+    It runs on ordinary inputs, then with the output layer scaled so the logits reach the
+    thousands (where ``exp`` overflows unless the row maximum is subtracted first, and where an
+    ``np.clip`` patch changes the result), and names ``softmax_unstable`` or
+    ``activation_forward_wrong`` (recognised: ReLU with a floor ``max(0.001, z)``, leaky ReLU,
+    and tanh/sigmoid exchanged).
+    """
+    model = MLP(layer_sizes, activation=activation, dtype="float64", seed=seed)
+    X = np.random.default_rng(seed).normal(size=(n_samples, model.layer_sizes[0]))
+    for scale in (1.0, 1e3):
+        weights = [np.array(model.params[f"layers.{i}.weight"]) for i in range(model.n_layers)]
+        biases = [np.array(model.params[f"layers.{i}.bias"]) for i in range(model.n_layers)]
+        weights[-1] = weights[-1] * scale
+        try:
+            with np.errstate(all="ignore"):
+                got = np.asarray(forward(weights, biases, X.copy()), dtype=np.float64)
+        except Exception as exc:
+            return Report([Finding("crashed", f"forward raised {type(exc).__name__}: {exc}")])
+        finding = _forward_finding(got, weights, biases, X, model.activation.name, returns, scale)
+        if finding is not None:
+            return Report([finding])
+    return Report()
+
+
+def _reference_forward(weights, biases, X, activation: str, returns: str):
+    act = ops.get_activation(activation) if activation != "floored_relu" else None
+    a = X
+    for W, b in zip(weights[:-1], biases[:-1]):
+        z = a @ W + b
+        a = np.maximum(z, FLOORED_RELU) if act is None else act.forward(np, z)
+    logits = a @ weights[-1] + biases[-1]
+    return logits if returns == "logits" else ops.softmax(np, logits)
+
+
+def _forward_finding(got, weights, biases, X, activation: str, returns: str, scale: float):
+    want = _reference_forward(weights, biases, X, activation, returns)
+    if got.shape != want.shape:
+        return Finding("shape_mismatch", f"your forward returns shape {got.shape}; expected "
+                       f"{want.shape} (samples, classes)")  # fmt: skip
+    if _close(got, want):
+        return None
+    if scale > 1 and (not np.all(np.isfinite(got)) or returns == "probabilities"):
+        how = "overflows to inf/NaN" if not np.all(np.isfinite(got)) else "gives wrong values"
+        return Finding("softmax_unstable", f"with logits in the thousands your softmax {how}: "
+                       "subtract each row's maximum before exp (softmax is unchanged by it), "
+                       "instead of clipping")  # fmt: skip
+    if not np.all(np.isfinite(got)):
+        return Finding("non_finite", "your forward pass returns NaN or inf on ordinary inputs")
+    for other in ("floored_relu", "leaky_relu", "tanh", "sigmoid", "relu"):
+        if other != activation and _close(got, _reference_forward(weights, biases, X, other,
+                                                                  returns)):  # fmt: skip
+            said = "max(0.001, z)" if other == "floored_relu" else other
+            return Finding("activation_forward_wrong", f"your hidden layers compute {said} where "
+                           f"{activation} was said: {_activation_advice(activation)}")  # fmt: skip
+    return Finding("not_recognised", "your forward pass differs from xpmlp's by "
+                   f"{_relative_error(got, want):.3g} relative on ordinary inputs")  # fmt: skip
+
+
+def _activation_advice(activation: str) -> str:
+    return {
+        "relu": "ReLU is max(0, z), exactly 0 for negative z",
+        "tanh": "use np.tanh(z)",
+        "sigmoid": "sigmoid is 1 / (1 + exp(-z))",
+    }.get(activation, f"use xpmlp's {activation}")
+
+
+# ---------------------------------------------------------------------- the batches
+
+
+def check_batches(batches, X, y) -> Report:
+    """Check that every row of every ``(X_batch, y_batch)`` is a row of ``X`` carrying its own
+    label (integers, or one-hot rows): the bug of X and y shuffled with different permutations,
+    or only one of them shuffled."""
+    X, y = np.asarray(X), np.asarray(y)
+    labels = y.argmax(axis=1) if y.ndim == 2 else y
+    where = {}
+    for index, row in enumerate(X):
+        where.setdefault(row.tobytes(), set()).add(labels[index].item())
+    seen = wrong = foreign = 0
+    for Xb, yb in batches:
+        Xb, yb = np.asarray(Xb, dtype=X.dtype), np.asarray(yb)
+        yb = yb.argmax(axis=1) if yb.ndim == 2 else yb
+        for row, label in zip(Xb, yb):
+            seen += 1
+            found = where.get(row.tobytes())
+            foreign += found is None
+            wrong += found is not None and label.item() not in found
+    findings = []
+    if foreign:
+        findings.append(Finding("not_recognised", f"{foreign} of {seen} batch rows are not rows "
+                                "of X (scaled or copied after X was given?)"))  # fmt: skip
+    if wrong:
+        findings.append(Finding("labels_misaligned", f"{wrong} of {seen} batch rows carry "
+                                "another row's label: shuffle X and y with the same permutation "
+                                "(order = rng.permutation(n); X[order], y[order])"))  # fmt: skip
+    return Report(findings)
