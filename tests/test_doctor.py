@@ -3,9 +3,12 @@ in several layouts get a clean bill; each buggy one is named by its bug, and not
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from xpmlp.cli import main
 from xpmlp.doctor import check_batches, check_forward, check_gradients
 
 
@@ -98,6 +101,10 @@ BUGS = [
     (
         ("softmax_jacobian_twice", "derivative_of_z"),
         {"softmax_jacobian_twice", "activation_derivative_wrong"},
+    ),
+    (
+        ("missing_batch_mean", "derivative_of_z"),
+        {"missing_batch_mean", "activation_derivative_wrong"},
     ),
     (("bias_over_units",), {"bias_gradient_wrong"}),
     (("transposed",), {"transposed"}),
@@ -290,3 +297,76 @@ def test_augmented_and_per_sample_layouts(grads, labels, codes):
     activation = "tanh" if labels == "onehot" else "relu"
     report = check_gradients(grads, [4, 6, 3], activation=activation, labels=labels)
     assert report.codes == codes, str(report)
+
+
+# ---------------------------------------------------------------------- the command line
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_example_prints_the_report_shown(capsys):
+    assert main(["doctor", str(ROOT / "examples" / "doctor_broken_net.py")]) == 1
+    shown = (ROOT / "README.md").read_text().split("<!-- doctor-report -->\n```\n")[1]
+    assert capsys.readouterr().out == shown.split("```")[0]
+
+
+def test_the_fixed_example_gets_a_clean_bill(tmp_path, capsys):
+    source = (ROOT / "examples" / "doctor_broken_net.py").read_text()
+    fixed = source.replace("(p - Y) * p * (1 - p) / n", "(p - Y) / n").replace(
+        "(1 - z1**2)", "(1 - h**2)"
+    )
+    assert fixed != source
+    (tmp_path / "net.py").write_text(fixed)
+    assert main(["doctor", str(tmp_path / "net.py")]) == 0
+    assert capsys.readouterr().out.count("no bug found") == 2
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["doctor", "missing.py"], "no such file"),
+    (["doctor", "NET", "--grads", "nope"], "has no function nope"),
+    (["doctor", "EMPTY"], "defines neither grads nor forward"),
+    (["doctor", "RAISES"], "importing"),
+])  # fmt: skip
+def test_bad_usage_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    files = {"NET": "LAYER_SIZES = [3, 2]\ndef grads(w, b, X, Y):\n    return w, b\n",
+             "EMPTY": "LAYER_SIZES = [3, 2]\n", "RAISES": "raise RuntimeError('boom')\n"}  # fmt: skip
+    argv = list(argv)
+    if argv[1] in files:
+        (tmp_path / "f.py").write_text(files[argv[1]])
+        argv[1] = str(tmp_path / "f.py")
+    else:
+        argv[1] = str(tmp_path / argv[1])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+class AttributeNet:
+    """W and b as separate attributes of a class, three ReLU hidden layers, integer labels."""
+
+    def __init__(self, weights, biases):
+        self.W, self.b = weights, biases
+
+    def backward(self, X, y):
+        acts, zs = [X], []
+        for W, b in zip(self.W[:-1], self.b[:-1]):
+            zs.append(acts[-1] @ W + b)
+            acts.append(np.maximum(zs[-1], 0))
+        logits = acts[-1] @ self.W[-1] + self.b[-1]
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(len(y)), y] -= 1
+        delta = p / len(y)
+        dW, db = [None] * len(self.W), [None] * len(self.W)
+        for i in range(len(self.W) - 1, -1, -1):
+            dW[i], db[i] = acts[i].T @ delta, delta.sum(axis=0)
+            if i:
+                delta = (delta @ self.W[i].T) * (zs[i - 1] > 0)
+        return dW, db
+
+
+def test_a_class_with_weight_and_bias_attributes_gets_a_clean_bill():
+    def grads(weights, biases, X, y):
+        return AttributeNet(weights, biases).backward(X, y)
+
+    assert check_gradients(grads, [6, 9, 8, 7, 4], labels="int").ok

@@ -21,6 +21,7 @@ _holding = (
 if _holding:
     _signal.signal(_signal.SIGINT, lambda signum, frame: _held.append(signum))
 try:
+    from . import distributed, doctor
     from ._version import __version__
     from .backend import Backend, get_backend, to_numpy
     from .config import DataConfig, TrainConfig
@@ -66,6 +67,8 @@ __all__ = [
     "Trainer",
     "XpmlpError",
     "clip_grad_norm",
+    "distributed",
+    "doctor",
     "evaluate",
     "fit",
     "get_backend",

@@ -32,6 +32,7 @@ from .distributed import (
     limit_blas_threads,
     on_root,
 )  # fmt: skip
+from .doctor import check_file
 from .errors import CheckpointError, ConfigError, DataError, XpmlpError
 from .files import write_atomic
 from .fitting import RESUMABLE, resume_from, resumed_settings, train_in_run
@@ -174,39 +175,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
     )
 
-    evaluate_cmd = commands.add_parser(
-        "evaluate", help="evaluate a checkpoint", formatter_class=fmt
-    )
+    # fmt: off
+    evaluate_cmd = commands.add_parser("evaluate", help="evaluate a checkpoint", formatter_class=fmt)
     evaluate_cmd.add_argument("checkpoint", help="checkpoint file or run directory")
-    evaluate_cmd.add_argument(
-        "--dataset", default="fashion-mnist", help="built-in name or .npz/.csv file"
-    )
+    evaluate_cmd.add_argument("--dataset", default="fashion-mnist", help="built-in name or .npz/.csv file")
     evaluate_cmd.add_argument("--data-dir", help="directory holding the IDX files")
     evaluate_cmd.add_argument("--label-column", default="label", help="label column of a CSV file")
-    evaluate_cmd.add_argument(
-        "--split", choices=("test", "train"), default="test", help="built-in datasets"
-    )
+    evaluate_cmd.add_argument("--split", choices=("test", "train"), default="test", help="built-in datasets")
     evaluate_cmd.add_argument("--device", default="auto", help="cpu, gpu, cuda:N or auto")
     evaluate_cmd.add_argument("--no-download", action="store_true", help="never download a dataset")
     evaluate_cmd.add_argument("--json", action="store_true", help="print the results as JSON")
 
-    predict_cmd = commands.add_parser(
-        "predict", help="predict labels with a checkpoint", formatter_class=fmt
-    )
+    predict_cmd = commands.add_parser("predict", help="predict labels with a checkpoint", formatter_class=fmt)
     predict_cmd.add_argument("checkpoint", help="checkpoint file or run directory")
     predict_cmd.add_argument("input", help=".npz with an array X of shape (n, n_features)")
-    predict_cmd.add_argument(
-        "--output", help="write labels and probabilities to this .npz instead of stdout"
-    )
+    predict_cmd.add_argument("--output", help="write labels and probabilities to this .npz instead of stdout")
     predict_cmd.add_argument("--device", default="auto", help="cpu, gpu, cuda:N or auto")
 
-    plot_cmd = commands.add_parser(
-        "plot", help="overlay a metric of several runs", formatter_class=fmt
-    )
+    plot_cmd = commands.add_parser("plot", help="overlay a metric of several runs", formatter_class=fmt)
     plot_cmd.add_argument("runs", nargs="+", help="run directories")
-    plot_cmd.add_argument("--metric", default="test_loss",
-                          help="a metrics.jsonl field: train_loss, val_accuracy, lr, ...")  # fmt: skip
+    plot_cmd.add_argument("--metric", default="test_loss", help="a metrics.jsonl field: train_loss, val_accuracy, lr, ...")
     plot_cmd.add_argument("--output", default="compare.png", help="the PNG to write")
+
+    doctor_cmd = commands.add_parser("doctor", help="check your own hand-written network's backprop", formatter_class=fmt)
+    doctor_cmd.add_argument("file", help="your .py file, with grads(weights, biases, X, Y) and/or forward(weights, biases, X)")
+    doctor_cmd.add_argument("--grads", help="name of your gradient function (default grads)")
+    doctor_cmd.add_argument("--forward", help="name of your forward function (default forward)")
+    doctor_cmd.add_argument("--layer-sizes", type=_hidden, help="e.g. 784,300,10 (default: the file's LAYER_SIZES)")
+    doctor_cmd.add_argument("--activation", choices=tuple(ACTIVATIONS), help="hidden activation (default: the file's ACTIVATION, or relu)")
+    doctor_cmd.add_argument("--labels", choices=("onehot", "int"), help="what your Y is (default: the file's LABELS, or onehot)")
+    doctor_cmd.add_argument("--returns", choices=("gradient", "update"), default="gradient", help="your grads returns the gradient, or the update direction")
+    # fmt: on
 
     device_cmd = commands.add_parser(
         "device", help="check a device: run a kernel and a matmul on it", formatter_class=fmt
@@ -428,6 +427,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    """Exit 0 when every checked function is right, 1 with the reports when not."""
+    reports = check_file(args.file, grads=args.grads, forward=args.forward,
+                         layer_sizes=args.layer_sizes, activation=args.activation,
+                         labels=args.labels, returns=args.returns)  # fmt: skip
+    for name, report in reports.items():
+        print(f"{name}: {report}")
+    return 0 if all(report.ok for report in reports.values()) else 1
+
+
 def cmd_device(args) -> int:
     """Resolve the device, run the probe (an elementwise kernel and a matmul), say what it is."""
     backend = get_backend(args.device)
@@ -457,7 +466,7 @@ def cmd_plot(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "device": cmd_device, "plot": cmd_plot}  # fmt: skip
+            "device": cmd_device, "plot": cmd_plot, "doctor": cmd_doctor}  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -10,13 +10,16 @@ implementation is never blamed; what matches nothing is ``not_recognised``, with
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import ops
+from .errors import ConfigError
 from .model import MLP
 
 RTOL, ATOL = 1e-6, 1e-9
@@ -56,6 +59,7 @@ class Report:
     """What the doctor found: ``ok`` when nothing; ``findings`` otherwise."""
 
     findings: list[Finding] = field(default_factory=list)
+    subject: str = "gradients"  # what was checked: gradients, forward pass, batches
 
     @property
     def ok(self) -> bool:
@@ -67,8 +71,9 @@ class Report:
 
     def __str__(self) -> str:
         if self.ok:
-            return "your gradients match xpmlp's float64 backpropagation: no bug found"
-        lines = [f"{len(self.findings)} problem(s) in your gradients:"]
+            verb = "matches" if self.subject == "forward pass" else "match"
+            return f"your {self.subject} {verb} xpmlp's float64 reference: no bug found"
+        lines = [f"{len(self.findings)} problem(s) in your {self.subject}:"]
         for finding in self.findings:
             where = f" [{finding.parameter}]" if finding.parameter else ""
             lines.append(f"- {finding.code}{where}: {finding.message}")
@@ -106,6 +111,8 @@ def check_gradients(
         ``gradient``, or ``update`` when your function returns the direction you subtract
         nothing from (``-gradient``).
     """
+    if loss != "cross_entropy":
+        raise ConfigError(f"the doctor checks softmax cross-entropy networks; got loss {loss!r}")
     model = MLP(layer_sizes, activation=activation, loss=loss, dtype="float64", seed=seed)
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n_samples, model.layer_sizes[0]))
@@ -334,11 +341,12 @@ def check_forward(
             with np.errstate(all="ignore"):
                 got = np.asarray(forward(weights, biases, X.copy()), dtype=np.float64)
         except Exception as exc:
-            return Report([Finding("crashed", f"forward raised {type(exc).__name__}: {exc}")])
+            return Report([Finding("crashed", f"forward raised {type(exc).__name__}: {exc}")],
+                          "forward pass")  # fmt: skip
         finding = _forward_finding(got, weights, biases, X, model.activation.name, returns, scale)
         if finding is not None:
-            return Report([finding])
-    return Report()
+            return Report([finding], "forward pass")
+    return Report(subject="forward pass")
 
 
 def _reference_forward(weights, biases, X, activation: str, returns: str):
@@ -412,4 +420,55 @@ def check_batches(batches, X, y) -> Report:
         findings.append(Finding("labels_misaligned", f"{wrong} of {seen} batch rows carry "
                                 "another row's label: shuffle X and y with the same permutation "
                                 "(order = rng.permutation(n); X[order], y[order])"))  # fmt: skip
-    return Report(findings)
+    return Report(findings, "batches")
+
+
+# ---------------------------------------------------------------------- a user's file
+
+
+def check_file(path, *, grads: str | None = None, forward: str | None = None,
+               layer_sizes: Sequence[int] | None = None, activation: str | None = None,
+               labels: str | None = None, returns: str = "gradient") -> dict[str, Report]:  # fmt: skip
+    """Import a user's Python file and check its ``grads`` and ``forward`` functions (or the
+    ones named); layer sizes, activation and label format come from the arguments or the
+    file's ``LAYER_SIZES``, ``ACTIVATION`` and ``LABELS``. Returns name -> report."""
+    module = _import_user_file(path)
+    layer_sizes = layer_sizes or getattr(module, "LAYER_SIZES", None)
+    if not layer_sizes:
+        raise ConfigError(f"{path} has no LAYER_SIZES; pass --layer-sizes, e.g. 784,300,10")
+    activation = activation or getattr(module, "ACTIVATION", "relu")
+    labels = labels or getattr(module, "LABELS", "onehot")
+    found = {}
+    for kind, name in (("grads", grads), ("forward", forward)):
+        function = getattr(module, name or kind, None)
+        if name and not callable(function):
+            raise ConfigError(f"{path} has no function {name}")
+        if callable(function):
+            found[kind] = (name or kind, function)
+    if not found:
+        raise ConfigError(f"{path} defines neither grads nor forward; name yours with --grads "
+                          "NAME or --forward NAME")  # fmt: skip
+    reports = {}
+    if "grads" in found:
+        name, function = found["grads"]
+        reports[name] = check_gradients(function, layer_sizes, activation=activation,
+                                        labels=labels, returns=returns)  # fmt: skip
+    if "forward" in found:
+        name, function = found["forward"]
+        reports[name] = check_forward(function, layer_sizes, activation=activation)
+    return reports
+
+
+def _import_user_file(path):
+    spec = importlib.util.spec_from_file_location("xpmlp_doctor_patient", path)
+    if spec is None or not str(path).endswith(".py"):
+        raise ConfigError(f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except FileNotFoundError:
+        raise ConfigError(f"no such file: {path}") from None
+    except Exception as exc:  # their code: one line about it
+        raise ConfigError(f"importing {path} raised {type(exc).__name__}: {exc}") from None
+    sys.modules.pop("xpmlp_doctor_patient", None)
+    return module
