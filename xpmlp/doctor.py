@@ -108,8 +108,8 @@ def check_gradients(
     labels : str
         ``onehot`` or ``int``: what your function expects as Y.
     returns : str
-        ``gradient``, or ``update`` when your function returns the direction you subtract
-        nothing from (``-gradient``).
+        ``gradient``, or ``update`` when your function returns the step you add to the weights
+        (``-gradient``, before the learning rate).
     """
     if loss != "cross_entropy":
         raise ConfigError(f"the doctor checks softmax cross-entropy networks; got loss {loss!r}")
