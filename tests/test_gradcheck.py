@@ -183,3 +183,15 @@ def test_gradcheck_reports_zero_where_both_gradients_vanish():
     assert errors["layers.0.weight"] == 0.0 and errors["layers.0.bias"] == 0.0
     _, grads = model.loss_and_grads(X, np.array([0, 1]))
     assert not np.any(to_numpy(grads["layers.0.weight"]))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_the_weighted_loss_passes_gradcheck(backend, make_problem, loss):
+    X, y = make_problem(n=12, n_in=3, n_out=2, loss=loss)
+    model = MLP([3, 5, 2], loss=loss, device=backend, dtype="float64", dropout=0.2)
+    weights = np.random.default_rng(3).integers(0, 4, 12).astype(np.float64)
+    weights[0] = 2.5
+    errors = gradcheck(model, X, y, sample_weight=weights, max_entries=None)
+    assert max(errors.values()) < 1e-6, errors
+    unweighted = gradcheck(model, X, y, sample_weight=np.ones(12), max_entries=None)
+    assert max(unweighted.values()) < 1e-6

@@ -26,7 +26,7 @@ def diagnose_nonfinite(
     model : MLP
         In the state it had at the start of the failed epoch; the replay updates it (the caller
         restores it afterwards).
-    batches : iterable of (step, X_batch, y_batch, masks, lr)
+    batches : iterable of (step, X_batch, y_batch, masks, lr, weights)
         The failed epoch's batches, as :meth:`Trainer.batches` yields them.
     apply_gradients : callable
         ``apply_gradients(grads, lr=lr)``: the step the run takes (clipping, optimizer).
@@ -39,8 +39,8 @@ def diagnose_nonfinite(
         One line: epoch, step, learning rate, loss, and the gradient to blame.
     """
     message = f"loss became non-finite in epoch {epoch}"
-    for step, Xb, yb, masks, lr in batches:
-        loss, grads, _ = model.batch_loss_and_grads(Xb, model.targets(yb), masks)
+    for step, Xb, yb, masks, lr, wb in batches:
+        loss, grads, _ = model.batch_loss_and_grads(Xb, model.targets(yb), masks, wb)
         loss = float(to_numpy(loss))
         where = first_nonfinite_gradient(grads)
         if where is not None or not math.isfinite(loss):

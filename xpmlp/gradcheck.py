@@ -16,6 +16,7 @@ def gradcheck(
     eps: float = 1e-5,
     max_entries: int | None = 200,
     seed: int = 0,
+    sample_weight=None,
 ) -> dict[str, float]:
     """Compare :meth:`MLP.loss_and_grads` with central finite differences in float64.
 
@@ -31,6 +32,8 @@ def gradcheck(
         Step of the central difference ``(L(p + eps) - L(p - eps)) / (2 eps)``.
     max_entries : int or None
         Entries checked per parameter, chosen at random with ``seed``; None checks them all.
+    sample_weight : array of shape (n_samples,), optional
+        Check the weighted loss ``sum(w_i * l_i) / sum(w)``.
 
     Returns
     -------
@@ -42,7 +45,8 @@ def gradcheck(
     probe.load_state_dict(model.state_dict())
     X, y = probe.as_input(X), probe.as_target(y)
     masks = probe.sample_masks(X.shape[0], np.random.default_rng(seed))
-    _, grads = probe.loss_and_grads(X, y, masks=masks)
+    weights = None if sample_weight is None else probe.backend.asarray(sample_weight, probe.dtype)
+    _, grads = probe.loss_and_grads(X, y, masks=masks, sample_weight=weights)
     chooser = np.random.default_rng(seed)
     errors = {}
     for name, value in probe.params.items():
@@ -53,21 +57,21 @@ def gradcheck(
             entries = chooser.choice(flat.size, size=max_entries, replace=False)
         numeric = np.empty(entries.size)
         for k, index in enumerate(entries):
-            numeric[k] = _central_difference(probe, name, host, index, eps, X, y, masks)
+            numeric[k] = _central_difference(probe, name, host, index, eps, X, y, masks, weights)
         analytic = to_numpy(grads[name]).reshape(-1)[entries]
         scale = max(np.max(np.abs(analytic)), np.max(np.abs(numeric)))
         errors[name] = float(np.max(np.abs(analytic - numeric)) / scale) if scale > 0 else 0.0
     return errors
 
 
-def _central_difference(probe, name, host, index, eps, X, y, masks) -> float:
+def _central_difference(probe, name, host, index, eps, X, y, masks, weights) -> float:
     state = probe.state_dict()
     flat = state[name].reshape(-1)
     losses = []
     for shifted in (host.reshape(-1)[index] + eps, host.reshape(-1)[index] - eps):
         flat[index] = shifted
         probe.load_state_dict(state)
-        loss, _ = probe.loss_and_grads(X, y, masks=masks)
+        loss, _ = probe.loss_and_grads(X, y, masks=masks, sample_weight=weights)
         losses.append(float(to_numpy(loss)))
     flat[index] = host.reshape(-1)[index]
     probe.load_state_dict(state)

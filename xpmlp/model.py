@@ -129,7 +129,7 @@ class MLP:
         return {name: views[name] for name in self.param_names}
 
     def flatten(self, arrays: dict):
-        """A new flat buffer from name -> array (gradients computed one tensor at a time)."""
+        """A new flat buffer from name -> array (e.g. gradients, one tensor at a time)."""
         return self.layout.concat(self.xp, arrays)
 
     @property
@@ -157,16 +157,9 @@ class MLP:
 
     def config(self) -> dict:
         """Everything needed to rebuild this model (not its weights): JSON-serialisable."""
-        return {
-            "layer_sizes": list(self.layer_sizes),
-            "activation": self.activation.name,
-            "loss": self.loss_name,
-            "dropout": self.dropout,
-            "l2": self.l2,
-            "init": self.init,
-            "dtype": self.dtype_name,
-            "seed": self.seed,
-        }
+        return {"layer_sizes": list(self.layer_sizes), "activation": self.activation.name,
+                "loss": self.loss_name, "dropout": self.dropout, "l2": self.l2, "init": self.init,
+                "dtype": self.dtype_name, "seed": self.seed}  # fmt: skip
 
     @classmethod
     def from_config(cls, config: dict, *, device: str | Backend = "cpu", dtype: str | None = None):
@@ -366,7 +359,7 @@ class MLP:
         return self._forward(X, masks if train else None)[0]
 
     @on_device
-    def loss_and_grads(self, X, y, *, masks: list | None = None):
+    def loss_and_grads(self, X, y, *, masks: list | None = None, sample_weight=None):
         """The training loss on one batch and its gradient with respect to every parameter.
 
         Parameters
@@ -376,6 +369,8 @@ class MLP:
         masks : list of arrays, optional
             Dropout masks (see :meth:`sample_masks`); drawn from the model's stream when
             dropout is set and none are given.
+        sample_weight : array of shape (n_samples,), optional
+            The loss is then ``sum(w_i * l_i) / sum(w)`` (see :func:`xpmlp.ops.weighted_loss`).
 
         Returns
         -------
@@ -388,17 +383,23 @@ class MLP:
         check_rows(X, y)
         if self.dropout and masks is None:
             masks = self.sample_masks(X.shape[0])
-        loss, grads, _ = self.batch_loss_and_grads(X, self.targets(y), masks)
+        weights = None if sample_weight is None else self._on_device(sample_weight, self.dtype)
+        loss, grads, _ = self.batch_loss_and_grads(X, self.targets(y), masks, weights)
         return loss, grads
 
     @on_device
-    def batch_loss_and_grads(self, X, targets, masks):
-        """:meth:`loss_and_grads` for inputs already on the device and checked: the hot path.
+    def batch_loss_and_grads(self, X, targets, masks, weights=None):
+        """:meth:`loss_and_grads` for inputs already on the device and checked.
 
         Returns (loss, grads, outputs); ``outputs`` are the raw network outputs of the batch.
         """
         outputs, records = self._forward(X, masks)
-        loss, grad_outputs = self.output_loss(outputs, targets)
+        if weights is None:
+            loss, grad_outputs = self.output_loss(outputs, targets)
+        else:
+            loss, grad_outputs = ops.weighted_loss(
+                self.xp, self.loss_name, outputs, targets, weights
+            )
         grads = self.backward(grad_outputs, records)
         if self.l2:
             loss = loss + self._l2_penalty()
@@ -407,7 +408,7 @@ class MLP:
         return loss, grads, outputs
 
     @on_device
-    def train_gradients(self, X, y, masks, sums, out):
+    def train_gradients(self, X, y, masks, sums, out, weights=None):
         """The training step's hot path: the gradient of the batch's mean loss (with the L2
         penalty) as one flat buffer, and the epoch's running ``sums`` (a device array of 2:
         loss summed over samples, correct count) with this batch added.
@@ -417,7 +418,7 @@ class MLP:
         return a new buffer. ``sums`` is updated in place where kernels are fused.
         """
         outputs, records = self._forward(X, masks)
-        grad_outputs, sums = self._output_step(outputs, y, sums)
+        grad_outputs, sums = self._output_step(outputs, y, sums, weights)
         if self._out_views[0] is not out:
             self._out_views = (out, self.named(out))
         grads = self.backward(grad_outputs, records, out=self._out_views[1])
@@ -433,17 +434,22 @@ class MLP:
             grads[name] = grads[name] + self.l2 * self.params[name]
         return self.flatten(grads), sums
 
-    def _output_step(self, outputs, y, sums):
-        xp = self.xp
-        if self.loss_name == "cross_entropy" and self.fused is not None:
+    def _output_step(self, outputs, y, sums, weights=None):
+        xp, classify = self.xp, self.loss_name == "cross_entropy"
+        if classify and self.fused is not None and weights is None:
             return self.fused.softmax_xent(outputs, y, sums), sums
-        if self.loss_name == "cross_entropy":
-            targets = self.targets(y)
+        targets = self.targets(y)
+        if weights is not None:  # sample weights: the weighted mean
+            loss, grad = ops.weighted_loss(xp, self.loss_name, outputs, targets, weights)
+            total = loss * outputs.shape[0]
+        elif classify:
             total, grad = ops.softmax_cross_entropy_total(xp, outputs, targets)
-            correct = xp.sum(xp.astype(xp.argmax(outputs, axis=1) == y, self.dtype))
-            return grad, sums + xp.stack([total, correct])
-        loss, grad = self.output_loss(outputs, y)
-        return grad, sums + xp.stack([loss * outputs.shape[0], xp.zeros_like(loss)])
+        else:
+            loss, grad = self.output_loss(outputs, targets)
+            total = loss * outputs.shape[0]
+        hits = xp.argmax(outputs, axis=1) == y if classify else None
+        correct = xp.sum(xp.astype(hits, self.dtype)) if classify else xp.zeros_like(total)
+        return grad, sums + xp.stack([total, correct])
 
     def _weight_names(self):
         return [f"layers.{i}.weight" for i in range(self.n_layers)]

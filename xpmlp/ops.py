@@ -174,3 +174,21 @@ def get_loss(name: str):
         return LOSSES[name]
     except KeyError:
         raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
+
+
+def weighted_loss(xp, name: str, outputs, targets, weights):
+    """The loss ``sum(w_i * l_i) / sum(w)`` over the batch (sample weights, as scikit-learn's),
+    and its gradient: each row of the unweighted mean's gradient times ``n * w_i / sum(w)``.
+
+    With all weights equal it is the unweighted mean; a zero weight takes a sample out.
+    """
+    n = outputs.shape[0]
+    if name == "cross_entropy":
+        per_sample = -xp.sum(targets * log_softmax(xp, outputs), axis=1)
+        _, grad = softmax_cross_entropy(xp, outputs, targets)
+    else:
+        diff = outputs - targets
+        per_sample = xp.sum(diff * diff, axis=1) / diff.shape[1]
+        _, grad = mean_squared_error(xp, outputs, targets)
+    share = weights / xp.sum(weights)
+    return xp.sum(share * per_sample), grad * (share * n)[:, None]

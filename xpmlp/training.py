@@ -77,6 +77,7 @@ class Trainer:
         self._grad = None  # the flat gradient buffer steps write into (zeros in its gaps)
         self._shard_grad = None  # the next shard's gradient, added to _grad
         self._collective_stop = 0  # a signal some process of a distributed run received
+        self.sample_weight = None  # per-sample loss weights on the device, set by fit
 
     @property
     def backend(self):
@@ -104,8 +105,9 @@ class Trainer:
     def batches(self, X, y):
         """The current epoch's batches, gathered on the device from a device copy of its order.
 
-        Yields ``(step, X_batch, y_batch, dropout_masks, lr)``; ``step`` counts from 0 within
-        the epoch, and the order, masks and learning rates depend only on seed and epoch.
+        Yields ``(step, X_batch, y_batch, dropout_masks, lr, weights)`` (``weights``: the batch's
+        sample weights, or None); ``step`` counts from 0 within the epoch, and the order, masks
+        and learning rates depend only on seed and epoch.
         """
         model, xp = self.model, self.model.xp
         n = X.shape[0]
@@ -119,7 +121,8 @@ class Trainer:
             index = order[step * size : min((step + 1) * size, n)]
             Xb, yb = xp.take(X, index, axis=0), xp.take(y, index, axis=0)
             masks = model.sample_masks(index.shape[0], rng.dropout_key(seed, self.epoch, step))
-            yield step, Xb, yb, masks, schedule(first_step + step)
+            wb = None if self.sample_weight is None else xp.take(self.sample_weight, index, axis=0)
+            yield step, Xb, yb, masks, schedule(first_step + step), wb
 
     @on_device
     def train_epoch(self, X, y, *, on_batch: Callable[[int, int], None] | None = None) -> dict:
@@ -136,8 +139,8 @@ class Trainer:
         sums = self._zero_sums()
         self._grad = model.xp.zeros_like(model.flat)
         start_time = time.perf_counter()
-        for step, Xb, yb, masks, lr in self.batches(X, y):
-            sums = self.train_step(Xb, yb, masks, lr=lr, sums=sums)
+        for step, Xb, yb, masks, lr, wb in self.batches(X, y):
+            sums = self.train_step(Xb, yb, masks, lr=lr, sums=sums, weights=wb)
             if on_batch is not None:
                 on_batch(step + 1, total_steps)
             self._check_stop()
@@ -152,7 +155,9 @@ class Trainer:
         }
 
     @on_device
-    def train_step(self, Xb, yb, masks, *, lr: float, sums: list | None = None) -> list:
+    def train_step(
+        self, Xb, yb, masks, *, lr: float, sums: list | None = None, weights=None
+    ) -> list:
         """Forward, backward and update on one batch; returns ``sums`` with the batch added.
 
         ``sums`` holds, per gradient shard, a device array of the loss summed over samples and
@@ -163,7 +168,10 @@ class Trainer:
         sums = self._zero_sums() if sums is None else sums
         if self._grad is None or self._grad.dtype != self.model.dtype:
             self._grad = self.model.xp.zeros_like(self.model.flat)  # zeros in its gaps
-        grad = self._local_gradient(Xb, yb, masks, sums)
+        if weights is not None:
+            grad, sums[0] = self.model.train_gradients(Xb, yb, masks, sums[0], self._grad, weights)
+        else:
+            grad = self._local_gradient(Xb, yb, masks, sums)
         if self.comm.size > 1:
             grad = self._reduce(grad)
         self.apply_gradients(grad, lr=lr)
@@ -248,18 +256,22 @@ class Trainer:
         test_data: tuple | None = None,
         callbacks: Sequence[Callable[[Trainer, dict], None]] = (),
         on_batch: Callable[[int, int], None] | None = None,
+        sample_weight=None,
     ) -> list[dict]:
         """Train from the current epoch up to ``epochs``; returns the whole history.
 
         ``callbacks(trainer, record)`` run after every epoch (checkpoints, logging); one may set
         ``trainer.stop_requested`` to end the run after that epoch. An interrupt (Ctrl-C) at any
         moment of an epoch, evaluation included, leaves the trainer at the last completed epoch.
+        ``sample_weight`` (n_samples,) weights each sample's loss: a batch's loss is
+        ``sum(w_i * l_i) / sum(w)`` over its samples (see :func:`xpmlp.ops.weighted_loss`).
         """
         model = self.model
         X, y = model.as_input(X), model.as_target(y)
         check_rows(X, y)
         if X.shape[0] == 0:
             raise DataError("the training set is empty")
+        self.sample_weight = self._device_weights(sample_weight, X.shape[0])
         validation_data = self._device_data(validation_data)
         test_data = self._device_data(test_data)
         self.stop_requested = False
@@ -271,6 +283,18 @@ class Trainer:
         if self.config.early_stopping is not None and self.best["params"] is not None:
             model.load_state_dict(self.best["params"])
         return self.history
+
+    def _device_weights(self, weights, n: int):
+        if weights is None:
+            return None
+        if self.config.grad_shards > 1 or self.comm.size > 1:
+            raise ConfigError("sample weights are not supported with gradient shards or MPI yet")
+        host = np.asarray(to_numpy(weights), dtype=np.float64)
+        if host.shape != (n,) or not np.all(np.isfinite(host)) or np.any(host < 0):
+            raise DataError(f"sample_weight must be {n} finite values >= 0")
+        if not host.any():
+            raise DataError("sample_weight is zero everywhere: nothing to learn from")
+        return self.model.backend.asarray(host, self.model.dtype)
 
     def _probe_batch(self, X, y):
         """The fixed rows health is measured on; their scale and, before training, their loss
