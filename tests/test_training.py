@@ -46,9 +46,9 @@ class RecordingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.seen = []
 
-    def train_step(self, Xb, yb, masks, *, lr, sums=None):
+    def train_step(self, Xb, yb, masks, *, lr, sums=None, weights=None):
         self.seen.append((to_numpy(Xb), to_numpy(yb), [to_numpy(m) for m in masks], lr))
-        return super().train_step(Xb, yb, masks, lr=lr, sums=sums)
+        return super().train_step(Xb, yb, masks, lr=lr, sums=sums, weights=weights)
 
 
 def _assert_params_close(model, reference: dict, rtol: float):
