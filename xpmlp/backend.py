@@ -182,6 +182,18 @@ def ufunc_module(xp):
     return None
 
 
+def device_spec_of(array) -> str | None:
+    """The device spec (see :func:`get_backend`) of an array that is not NumPy's, or None."""
+    library = _library_of(array)
+    if library == "cupy":
+        return f"cuda:{array.device.id}"
+    if library == "torch":
+        return f"torch:{array.device}"
+    if library == "array_api_strict":
+        return f"array-api-strict:{str(array.device).split(chr(39))[1]}"
+    return None
+
+
 def _library_of(array) -> str:
     module = type(array).__module__.split(".")[0]
     return module if module in ("cupy", "torch", "array_api_strict") else "numpy"

@@ -1,0 +1,129 @@
+"""scikit-learn estimators (xpmlp/sklearn.py): every check of scikit-learn's own conformance suite
+passes with no expected failures, and they work where users put them (pipelines, grid search,
+pickles, string labels, class and sample weights, partial_fit, device arrays)."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.datasets import load_iris, make_regression  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import GridSearchCV  # noqa: E402
+from sklearn.neural_network import MLPClassifier as SklearnMLPClassifier  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from xpmlp.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@parametrize_with_checks([MLPClassifier(), MLPRegressor()])
+def test_scikit_learn_conformance(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+@pytest.fixture
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def test_string_labels_come_back_as_strings(iris):
+    X, y = iris
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    model = MLPClassifier((16,), learning_rate_init=0.01, max_iter=100, random_state=0)
+    model.fit(X, names)
+    assert list(model.classes_) == ["setosa", "versicolor", "virginica"]
+    assert set(model.predict(X)) <= set(names) and model.score(X, names) > 0.9
+    np.testing.assert_allclose(model.predict_proba(X).sum(axis=1), 1.0)
+
+
+def test_accuracy_is_that_of_scikit_learns_own(iris):
+    X, y = iris
+    ours = MLPClassifier(max_iter=200, random_state=0).fit(X, y).score(X, y)
+    theirs = SklearnMLPClassifier(max_iter=200, random_state=0).fit(X, y).score(X, y)
+    assert ours >= theirs - 0.03, (ours, theirs)
+
+
+def test_pipeline_and_grid_search(iris):
+    X, y = iris
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(learning_rate_init=0.01, max_iter=50,
+                                                         random_state=0))  # fmt: skip
+    search = GridSearchCV(pipe, {"mlpclassifier__hidden_layer_sizes": [(8,), (16,)]}, cv=3)
+    search.fit(X, y)
+    assert search.best_score_ > 0.8
+    assert search.best_params_["mlpclassifier__hidden_layer_sizes"] in [(8,), (16,)]
+
+
+def test_pickled_models_predict_the_same(iris):
+    X, y = iris
+    model = MLPClassifier(hidden_layer_sizes=(8,), max_iter=30, random_state=0).fit(X, y)
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(again.predict_proba(X), model.predict_proba(X))
+    again.partial_fit(X, y)  # the optimizer state came along
+    assert again.n_iter_ == model.n_iter_ + 1
+
+
+def test_fitted_attributes(iris):
+    X, y = iris
+    model = MLPClassifier(hidden_layer_sizes=(8, 6), max_iter=20, random_state=0).fit(X, y)
+    assert model.n_features_in_ == 4 and model.n_layers_ == 4 and model.n_outputs_ == 3
+    assert [c.shape for c in model.coefs_] == [(4, 8), (8, 6), (6, 3)]
+    assert len(model.loss_curve_) == model.n_iter_ == len(model.history_) == 20
+    assert model.best_loss_ == min(model.loss_curve_) and model.validation_scores_ is None
+    stopped = MLPClassifier(max_iter=200, early_stopping=True, random_state=0).fit(X, y)
+    assert len(stopped.validation_scores_) == stopped.n_iter_
+    assert stopped.best_validation_score_ == max(stopped.validation_scores_)
+
+
+def test_integer_sample_weights_are_repeated_rows():
+    X, y = make_regression(n_samples=40, n_features=3, random_state=0)
+    weights = np.random.default_rng(0).integers(0, 3, 40)
+    settings = dict(hidden_layer_sizes=(8,), max_iter=30, random_state=0, shuffle=False)
+    weighted = MLPRegressor(**settings).fit(X, y, sample_weight=weights)
+    repeated = MLPRegressor(**settings).fit(np.repeat(X, weights, axis=0), np.repeat(y, weights))
+    np.testing.assert_allclose(weighted.predict(X), repeated.predict(X), rtol=1e-9, atol=1e-9)
+
+
+def test_balanced_class_weight_lifts_a_rare_class():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 2))
+    y = (X[:, 0] > 1.3).astype(int)  # about 10% ones
+    plain = MLPClassifier(hidden_layer_sizes=(8,), max_iter=60, random_state=0).fit(X, y)
+    balanced = MLPClassifier(hidden_layer_sizes=(8,), max_iter=60, random_state=0,
+                             class_weight="balanced").fit(X, y)  # fmt: skip
+    assert balanced.predict(X).sum() > plain.predict(X).sum()
+
+
+def test_partial_fit_needs_classes_first(iris):
+    X, y = iris
+    model = MLPClassifier(hidden_layer_sizes=(8,), random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        model.partial_fit(X, y)
+    model.partial_fit(X[:50], y[:50], classes=[0, 1, 2])
+    model.partial_fit(X, y)
+    assert model.n_iter_ == 2 and list(model.classes_) == [0, 1, 2]
+
+
+def test_device_arrays_in_device_arrays_out(cupy_standin, iris):
+    from xpmlp import get_backend
+
+    X, y = iris
+    backend = get_backend("cuda:1")
+    X_gpu = backend.asarray(X, "float32")
+    model = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X_gpu, y)
+    assert model._trainer.model.backend.spec == "cuda:1"
+    predicted = model.predict(X_gpu)
+    assert type(predicted).__module__ == "cupy" and predicted.device.id == 1
+    host = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(host.predict(X_gpu).get(), predicted.get())

@@ -1,0 +1,453 @@
+"""scikit-learn estimators that train with xpmlp: :class:`MLPClassifier` and :class:`MLPRegressor`.
+
+Parameters are named as scikit-learn's ``sklearn.neural_network`` estimators where the meaning
+matches (``hidden_layer_sizes``, ``alpha`` for the L2 penalty, ``learning_rate_init``,
+``max_iter``, ``tol``, ``n_iter_no_change``, ``early_stopping``, ...), plus xpmlp's own
+(``device``, ``dtype``, ``optimizer``, ``schedule``, ``dropout``, ``clip_norm``, and
+``class_weight`` for the classifier). The namespace and device follow X: a CuPy array trains on
+its GPU and predictions come back as CuPy arrays; NumPy in, NumPy out (``device`` then decides
+where training runs). Needs scikit-learn: ``pip install 'xpmlp[sklearn]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+
+import array_api_compat
+import numpy as np
+import sklearn
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.multiclass import check_classification_targets, unique_labels
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
+
+from .backend import device_spec_of, get_backend, to_numpy
+from .config import TrainConfig
+from .model import MLP
+from .ops import log_softmax
+from .training import Trainer
+
+SEED_LIMIT = 2**31 - 1
+
+
+def _on_device_of_X(method):
+    """Run ``method(self, X, ...)`` with X's device current (CuPy computes on the current one)."""
+
+    @functools.wraps(method)
+    def run(self, X, *args, **kwargs):
+        spec = device_spec_of(X)
+        with get_backend(spec).activate() if spec else contextlib.nullcontext():
+            return method(self, X, *args, **kwargs)
+
+    return run
+
+
+class _BaseMLP(BaseEstimator):
+    _loss = "cross_entropy"
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate_init=0.001,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        device="cpu",
+        dtype="auto",
+        optimizer="adam",
+        schedule="constant",
+        dropout=0.0,
+        clip_norm=None,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.device = device
+        self.dtype = dtype
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.dropout = dropout
+        self.clip_norm = clip_norm
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.array_api_support = True
+        return tags
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, X, y, sample_weight=None):
+        """Train for up to ``max_iter`` epochs (from the current weights with ``warm_start``)."""
+        keep = self.warm_start and hasattr(self, "_trainer")
+        return self._fit(X, y, sample_weight, epochs=self.max_iter, reset=not keep)
+
+    @_on_device_of_X
+    def _fit(self, X, y, sample_weight, *, epochs: int, reset: bool, classes=None):
+        X, y, sample_weight = self._validate(X, y, sample_weight, reset=reset, classes=classes)
+        if reset:
+            self._start(X, sample_weight)
+        trainer = self._trainer
+        validation = None
+        if self.early_stopping and epochs > 1:
+            X, X_val, y, y_val, sample_weight = self._split(X, y, sample_weight)
+            validation = (X_val, y_val)
+        trainer.config = trainer.config.replace(
+            epochs=trainer.epoch + epochs, batch_size=self._batch_size(X.shape[0])
+        )
+        callback = _Stopper(self, validation) if epochs > 1 else None
+        trainer.fit(X, y, validation_data=validation, sample_weight=sample_weight,
+                    callbacks=[callback] if callback else [])  # fmt: skip
+        self._record(trainer, callback)
+        return self
+
+    def _start(self, X, sample_weight) -> None:
+        seed = _seed(self.random_state)
+        # scikit-learn's alpha penalises alpha / (2 sum(w)) * sum(W**2) in a batch of weights w
+        # (its size without weights), where l2 here is per batch; and its weights start
+        # Glorot-uniform for every activation.
+        mean_weight = float(np.mean(to_numpy(sample_weight)))
+        l2 = self.alpha / (self._batch_size(X.shape[0]) * mean_weight)
+        model = MLP([X.shape[1], *_sizes(self.hidden_layer_sizes), self._n_outputs],
+                    activation=self.activation, loss=self._loss, dropout=self.dropout,
+                    l2=l2, init="glorot",
+                    device=self._device_of(X), dtype=self._dtype_of(X), seed=seed)  # fmt: skip
+        config = TrainConfig(optimizer=self.optimizer, lr=self.learning_rate_init,
+                             schedule=self.schedule, clip_norm=self.clip_norm,
+                             shuffle=bool(self.shuffle), seed=seed, epochs=0)  # fmt: skip
+        self._trainer = Trainer(model, config)
+        self.loss_curve_, self.validation_scores_ = [], [] if self.early_stopping else None
+        self.best_loss_ = np.inf if not self.early_stopping else None
+        self.best_validation_score_ = -np.inf if self.early_stopping else None
+        self._no_improvement = 0
+
+    def _record(self, trainer: Trainer, stopper) -> None:
+        if stopper is not None and stopper.best_params is not None:
+            trainer.model.load_state_dict(stopper.best_params)
+        self.n_iter_ = trainer.epoch
+        self.history_ = trainer.history
+        model = trainer.model
+        self.n_layers_ = model.n_layers + 1
+        self.n_outputs_ = model.n_outputs
+        self.coefs_ = [to_numpy(model.params[f"layers.{i}.weight"]).copy()
+                       for i in range(model.n_layers)]  # fmt: skip
+        self.intercepts_ = [to_numpy(model.params[f"layers.{i}.bias"]).copy()
+                            for i in range(model.n_layers)]  # fmt: skip
+        if stopper is not None and not stopper.converged and self.max_iter > 1:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
+                          "and the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)  # fmt: skip
+
+    def _split(self, X, y, sample_weight):
+        if device_spec_of(X) is not None:  # on the device: a seeded permutation, not stratified
+            xp, n = _namespace(X), X.shape[0]
+            order = np.random.default_rng(_seed(self.random_state)).permutation(n)
+            cut = max(1, int(round(n * self.validation_fraction)))
+            val, train = (xp.asarray(part, device=X.device) for part in (order[:cut], order[cut:]))
+            y = y if device_spec_of(y) is not None else xp.asarray(y, device=X.device)
+            weight = xp.asarray(np.asarray(sample_weight), device=X.device)
+            take = lambda a, i: xp.take(a, i, axis=0)  # noqa: E731
+            return take(X, train), take(X, val), take(y, train), take(y, val), take(weight, train)
+        classify = self._loss == "cross_entropy" and isinstance(y, np.ndarray)
+        stratify = y if classify and len(np.unique(y)) > 1 else None
+        parts = train_test_split(X, y, sample_weight, test_size=self.validation_fraction,
+                                 random_state=_seed(self.random_state), stratify=stratify)  # fmt: skip
+        X, X_val, y, y_val, weight, _ = parts
+        return X, X_val, y, y_val, weight
+
+    def _batch_size(self, n: int) -> int:
+        if self.batch_size == "auto":
+            return max(1, min(200, n))
+        return max(1, min(int(self.batch_size), n))
+
+    def _check_X(self, X, *, reset: bool, y=None, fit: bool = False):
+        """scikit-learn's validation for host data (and under ``array_api_dispatch``); for a
+        device array without it, the same rules checked on the device, with one read back."""
+        if device_spec_of(X) is None or sklearn.get_config()["array_api_dispatch"]:
+            if not fit:
+                return validate_data(self, X, reset=reset, dtype=_floats(X))
+            return validate_data(self, X, y, reset=reset, dtype=_floats(X), **self._y_rules)
+        xp = _namespace(X)
+        if X.ndim != 2:
+            raise ValueError(f"Expected a 2-dimensional array; got shape {tuple(X.shape)}")
+        if reset:
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is "
+                             f"expecting {self.n_features_in_} features as input.")  # fmt: skip
+        if not xp.isdtype(X.dtype, "real floating"):
+            X = xp.astype(X, xp.float64)
+        if not bool(xp.all(xp.isfinite(X))):
+            raise ValueError("Input X contains NaN or infinity.")
+        if fit and y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y "
+                             "is None.")  # fmt: skip
+        return (X, y) if fit else X
+
+    def _device_of(self, X) -> str:
+        return device_spec_of(X) or self.device
+
+    def _dtype_of(self, X) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if X.dtype == np.float32 else "float64"
+
+    # ------------------------------------------------------------------ prediction
+
+    def _outputs(self, X):
+        check_is_fitted(self, "n_iter_")
+        X = self._check_X(X, reset=False)
+        model = self._trainer.model
+        return model.outputs(model.as_input(X))
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        trainer = state.pop("_trainer", None)
+        if trainer is not None:
+            state["_saved"] = {"model": trainer.model.config(), "trainer": trainer.state_dict(),
+                               "device": trainer.model.backend.spec}  # fmt: skip
+        return state
+
+    def __setstate__(self, state):
+        saved = state.pop("_saved", None)
+        self.__dict__.update(state)
+        if saved is not None:
+            self._trainer = _restore(saved)
+
+
+class _Stopper:
+    """scikit-learn's stopping rule, after every epoch: no improvement of the training loss (or
+    of the validation score with ``early_stopping``) by ``tol`` for ``n_iter_no_change`` epochs."""
+
+    def __init__(self, estimator: _BaseMLP, validation):
+        self.estimator, self.validation = estimator, validation
+        self.best_params, self.converged = None, False
+
+    def __call__(self, trainer: Trainer, record: dict) -> None:
+        est = self.estimator
+        loss = record["train_loss"]
+        est.loss_curve_.append(loss)
+        if est.verbose:
+            print(f"Iteration {record['epoch']}, loss = {loss:.8f}")
+        if self.validation is not None:
+            score = est._validation_score(trainer, *self.validation)
+            est.validation_scores_.append(score)
+            improved = score > est.best_validation_score_ + est.tol
+            if score > est.best_validation_score_:
+                est.best_validation_score_ = score
+                self.best_params = trainer.model.state_dict()
+        else:
+            improved = loss < est.best_loss_ - est.tol
+            est.best_loss_ = min(est.best_loss_, loss)
+        est._no_improvement = 0 if improved else est._no_improvement + 1
+        if est._no_improvement > est.n_iter_no_change:
+            self.converged = trainer.stop_requested = True
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """A multilayer perceptron classifier trained by xpmlp (softmax cross-entropy).
+
+    Like ``sklearn.neural_network.MLPClassifier`` (see the module docstring), plus
+    ``class_weight``: ``"balanced"`` or a dict ``{class: weight}``, multiplied into
+    ``sample_weight``. Labels may be any values scikit-learn accepts, strings included.
+    """
+
+    _loss = "cross_entropy"
+    _y_rules = {}
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, alpha=0.0001,
+                 batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
+                 device="cpu", dtype="auto", optimizer="adam", schedule="constant",
+                 dropout=0.0, clip_norm=None, class_weight=None):  # fmt: skip
+        super().__init__(hidden_layer_sizes, activation, alpha=alpha, batch_size=batch_size,
+                         learning_rate_init=learning_rate_init, max_iter=max_iter,
+                         shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
+                         warm_start=warm_start, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction,
+                         n_iter_no_change=n_iter_no_change, device=device, dtype=dtype,
+                         optimizer=optimizer, schedule=schedule, dropout=dropout,
+                         clip_norm=clip_norm)  # fmt: skip
+        self.class_weight = class_weight
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y); the first call needs ``classes`` (every label there will be)."""
+        first = not hasattr(self, "_trainer")
+        if first and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        return self._fit(X, y, sample_weight, epochs=1, reset=first, classes=classes)
+
+    def _validate(self, X, y, sample_weight, *, reset: bool, classes=None):
+        X, y = self._check_X(X, reset=reset, y=y, fit=True)
+        if device_spec_of(y) is None:
+            check_classification_targets(y)
+        xp = _namespace(y)
+        if reset:
+            labels = classes if classes is not None else y
+            self.classes_ = unique_labels(labels) if xp is np else xp.unique_values(labels)
+            self._n_outputs = self.classes_.shape[0]
+        index = (
+            xp.searchsorted(self.classes_, y) if xp is not np else np.searchsorted(self.classes_, y)
+        )
+        known = xp.take(self.classes_, xp.clip(index, 0, self._n_outputs - 1)) == y
+        if not bool(xp.all(known)):
+            raise ValueError(f"y has labels that are not in classes_ {self.classes_}")
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        if self.class_weight is not None:
+            sample_weight = sample_weight * compute_sample_weight(self.class_weight, y)
+        if not bool(xp.any(sample_weight != 0)):
+            raise ValueError("Sample weights must contain at least one non-zero number.")
+        return X, index, sample_weight
+
+    def _validation_score(self, trainer, X_val, y_val) -> float:
+        predicted = np.argmax(to_numpy(trainer.model.outputs(X_val)), axis=1)
+        return float(np.mean(predicted == to_numpy(y_val)))
+
+    @_on_device_of_X
+    def predict_proba(self, X):
+        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
+        outputs = self._outputs(X)
+        xp = self._trainer.model.xp
+        return _like(X, xp.exp(log_softmax(xp, outputs)))
+
+    @_on_device_of_X
+    def predict_log_proba(self, X):
+        """The logarithm of :meth:`predict_proba`, computed without underflow."""
+        outputs = self._outputs(X)
+        return _like(X, log_softmax(self._trainer.model.xp, outputs))
+
+    @_on_device_of_X
+    def predict(self, X):
+        """The most probable class of each row, as values of ``classes_``."""
+        outputs = self._outputs(X)
+        xp = self._trainer.model.xp
+        index = xp.argmax(outputs, axis=1)
+        if not isinstance(self.classes_, np.ndarray):  # labels on the device already
+            return xp.take(self.classes_, index)
+        if device_spec_of(X) is not None and self.classes_.dtype.kind in "biuf":
+            return xp.take(xp.asarray(self.classes_, device=outputs.device), index)
+        return self.classes_[to_numpy(index)]
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """A multilayer perceptron regressor trained by xpmlp (squared error, identity output).
+
+    Like ``sklearn.neural_network.MLPRegressor`` (see the module docstring); y may have several
+    columns.
+    """
+
+    _loss = "mse"
+    _y_rules = {"multi_output": True, "y_numeric": True}
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y)."""
+        first = not hasattr(self, "_trainer")
+        return self._fit(X, y, sample_weight, epochs=1, reset=first)
+
+    def _validate(self, X, y, sample_weight, *, reset: bool, classes=None):
+        X, y = self._check_X(X, reset=reset, y=y, fit=True)
+        xp = _namespace(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        self._single_output = y.ndim == 1
+        y = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
+        if reset:
+            self._n_outputs = y.shape[1]
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        if not bool(xp.any(sample_weight != 0)):
+            raise ValueError("Sample weights must contain at least one non-zero number.")
+        return X, xp.astype(y, X.dtype), sample_weight
+
+    def _validation_score(self, trainer, X_val, y_val) -> float:
+        return float(r2_score(y_val, to_numpy(trainer.model.outputs(X_val))))
+
+    @_on_device_of_X
+    def predict(self, X):
+        """Predicted values, shape (n_samples,) (or (n_samples, n_outputs) for several)."""
+        outputs = self._outputs(X)
+        if self._single_output:
+            outputs = self._trainer.model.xp.reshape(outputs, (-1,))
+        return _like(X, outputs)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _like(X, values, *, labels: bool = False):
+    """``values`` in X's namespace and on its device: NumPy for NumPy input (and for string
+    labels), else X's own (the model computed them there)."""
+    if device_spec_of(X) is None or (labels and isinstance(values, np.ndarray)):
+        return values if isinstance(values, np.ndarray) else np.asarray(to_numpy(values))
+    return values
+
+
+def _namespace(array):
+    """The array's Array API namespace; NumPy itself for NumPy arrays and host sequences."""
+    if device_spec_of(array) is None:
+        return np
+    return array_api_compat.array_namespace(array)
+
+
+def _floats(X) -> tuple:
+    """The float dtypes validation may keep, in X's namespace."""
+    xp = _namespace(X)
+    return (xp.float64, xp.float32)
+
+
+def _sizes(hidden) -> list[int]:
+    return [int(hidden)] if np.isscalar(hidden) else [int(size) for size in hidden]
+
+
+def _seed(random_state) -> int:
+    if random_state is None:
+        return int(np.random.randint(SEED_LIMIT))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(SEED_LIMIT))
+    return int(random_state)
+
+
+def _restore(saved: dict) -> Trainer:
+    """A pickled estimator's trainer, on its device where it exists, else on the CPU."""
+    from .errors import DeviceError
+
+    try:
+        model = MLP.from_config(saved["model"], device=saved["device"])
+    except DeviceError:
+        warnings.warn(f"{saved['device']} is not available here; the model is on the CPU",
+                      stacklevel=3)  # fmt: skip
+        model = MLP.from_config(saved["model"], device="cpu")
+    trainer = Trainer(model, TrainConfig.from_dict(saved["trainer"]["meta"]["config"]))
+    trainer.load_state_dict(saved["trainer"])
+    return trainer
