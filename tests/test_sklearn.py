@@ -4,8 +4,12 @@ pickles, string labels, class and sample weights, partial_fit, device arrays).""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +131,40 @@ def test_device_arrays_in_device_arrays_out(cupy_standin, iris):
     assert type(predicted).__module__ == "cupy" and predicted.device.id == 1
     host = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(host.predict(X_gpu).get(), predicted.get())
+
+
+ARRAY_API_CHECKS = r"""
+import warnings
+warnings.filterwarnings("ignore")
+from sklearn.utils.estimator_checks import (check_array_api_input, check_array_api_same_namespace)
+from xpmlp.sklearn import MLPClassifier, MLPRegressor
+for estimator in (MLPClassifier(), MLPRegressor()):
+    name = type(estimator).__name__
+    for namespace, device in (("array_api_strict", "CPU_DEVICE"), ("array_api_strict", "device1"),
+                              ("torch", "cpu")):
+        for dtype in ("float64", "float32"):
+            check_array_api_input(name, estimator, array_namespace=namespace, device_name=device,
+                                  dtype_name=dtype, check_values=True, check_sample_weight=True)
+        check_array_api_same_namespace(name, estimator, namespace, device)
+print("array API checks passed")
+"""
+
+
+def test_array_api_dispatch_follows_the_namespace_of_X():
+    # scikit-learn reads SCIPY_ARRAY_API at import: in a process of its own. Real CuPy joins in
+    # where there is a GPU (parametrize_with_checks runs it under SCIPY_ARRAY_API=1).
+    pytest.importorskip("array_api_strict")
+    pytest.importorskip("torch")
+    env = {**os.environ, "SCIPY_ARRAY_API": "1"}
+    result = subprocess.run([sys.executable, "-c", ARRAY_API_CHECKS], capture_output=True,
+                            text=True, env=env, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "array API checks passed" in result.stdout
+
+
+def test_the_readme_example_runs(capsys):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## scikit-learn estimators")[1]
+    code = section.split("```python\n")[1].split("```")[0]
+    exec(compile(code, "README.md", "exec"), {})
+    assert "mlpclassifier__hidden_layer_sizes" in capsys.readouterr().out

@@ -22,6 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
+from sklearn.utils._array_api import move_to
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import (
@@ -114,9 +115,13 @@ class _BaseMLP(BaseEstimator):
 
     @_on_device_of_X
     def _fit(self, X, y, sample_weight, *, epochs: int, reset: bool, classes=None):
+        if sklearn.get_config()["array_api_dispatch"] and device_spec_of(X) is not None:
+            # y and sample_weight follow X's namespace and device
+            y, sample_weight = move_to(y, sample_weight, xp=_namespace(X), device=X.device)
         X, y, sample_weight = self._validate(X, y, sample_weight, reset=reset, classes=classes)
         if reset:
             self._start(X, sample_weight)
+            self._fit_spec = device_spec_of(X)
         trainer = self._trainer
         validation = None
         if self.early_stopping and epochs > 1:
@@ -219,12 +224,16 @@ class _BaseMLP(BaseEstimator):
     def _dtype_of(self, X) -> str:
         if self.dtype != "auto":
             return self.dtype
-        return "float32" if X.dtype == np.float32 else "float64"
+        return "float32" if "float32" in str(X.dtype) else "float64"
 
     # ------------------------------------------------------------------ prediction
 
-    def _outputs(self, X):
+    def _outputs(self, X, method: str):
         check_is_fitted(self, "n_iter_")
+        if sklearn.get_config()["array_api_dispatch"] and device_spec_of(X) != self._fit_spec:
+            raise ValueError(f"{type(self).__name__}.{method}() was given "
+                             f"{device_spec_of(X) or 'numpy'} arrays: inputs must use the same "
+                             f"namespace and device as in fit ({self._fit_spec or 'numpy'})")  # fmt: skip
         X = self._check_X(X, reset=False)
         model = self._trainer.model
         return model.outputs(model.as_input(X))
@@ -327,7 +336,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
         if self.class_weight is not None:
             sample_weight = sample_weight * compute_sample_weight(self.class_weight, y)
-        if not bool(xp.any(sample_weight != 0)):
+        if not bool(_namespace(sample_weight).any(sample_weight != 0)):
             raise ValueError("Sample weights must contain at least one non-zero number.")
         return X, index, sample_weight
 
@@ -338,20 +347,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     @_on_device_of_X
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
-        outputs = self._outputs(X)
+        outputs = self._outputs(X, "predict_proba")
         xp = self._trainer.model.xp
         return _like(X, xp.exp(log_softmax(xp, outputs)))
 
     @_on_device_of_X
     def predict_log_proba(self, X):
         """The logarithm of :meth:`predict_proba`, computed without underflow."""
-        outputs = self._outputs(X)
+        outputs = self._outputs(X, "predict_log_proba")
         return _like(X, log_softmax(self._trainer.model.xp, outputs))
 
     @_on_device_of_X
     def predict(self, X):
         """The most probable class of each row, as values of ``classes_``."""
-        outputs = self._outputs(X)
+        outputs = self._outputs(X, "predict")
         xp = self._trainer.model.xp
         index = xp.argmax(outputs, axis=1)
         if not isinstance(self.classes_, np.ndarray):  # labels on the device already
@@ -386,7 +395,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if reset:
             self._n_outputs = y.shape[1]
         sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-        if not bool(xp.any(sample_weight != 0)):
+        if not bool(_namespace(sample_weight).any(sample_weight != 0)):
             raise ValueError("Sample weights must contain at least one non-zero number.")
         return X, xp.astype(y, X.dtype), sample_weight
 
@@ -396,7 +405,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     @_on_device_of_X
     def predict(self, X):
         """Predicted values, shape (n_samples,) (or (n_samples, n_outputs) for several)."""
-        outputs = self._outputs(X)
+        outputs = self._outputs(X, "predict")
         if self._single_output:
             outputs = self._trainer.model.xp.reshape(outputs, (-1,))
         return _like(X, outputs)
