@@ -12,6 +12,11 @@ where it is not installed (CI installs it).
 from __future__ import annotations
 
 import contextlib
+import os
+
+# SciPy reads this once, at import, and scikit-learn's array-API conformance checks skip without
+# it: set before anything imports SciPy, so that those checks run (tests/test_sklearn.py).
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import numpy as np
 import pytest
