@@ -138,6 +138,24 @@ def test_device_arrays_in_device_arrays_out(cupy_standin, iris):
     np.testing.assert_array_equal(host.predict(X_gpu).get(), predicted.get())
 
 
+def test_gpu_fitted_pickles_load_on_a_cpu_only_machine(iris):
+    import cupy_standin as standin
+
+    from xpmlp import get_backend
+
+    X, y = iris
+    with standin.installed():
+        X_gpu = get_backend("cuda:1").asarray(X, "float32")
+        model = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X_gpu, y)
+        expected = model.predict_proba(X_gpu).get()
+        saved = pickle.dumps(model)
+    with pytest.warns(UserWarning, match="cuda:1 is not available here; the model is on the CPU"):
+        host = pickle.loads(saved)
+    np.testing.assert_array_equal(host.predict_proba(X.astype(np.float32)), expected)
+    host.partial_fit(X, y)  # and it trains on, from the same optimizer state
+    assert host.n_iter_ == 6
+
+
 def _skip_without_cuda():
     pytest.importorskip("cupy")
     from xpmlp import DeviceError, get_backend
