@@ -138,6 +138,99 @@ def test_device_arrays_in_device_arrays_out(cupy_standin, iris):
     np.testing.assert_array_equal(host.predict(X_gpu).get(), predicted.get())
 
 
+DEVICE_FITS = {
+    "labels": dict(estimator=MLPClassifier, y="device"),
+    "host labels, weights": dict(estimator=MLPClassifier, y="host", weights="device"),
+    "class weights": dict(estimator=MLPClassifier, y="device", weights="device",
+                          class_weight={0: 1.0, 1: 2.0, 2: 0.5}),
+    "balanced": dict(estimator=MLPClassifier, y="device", class_weight="balanced"),
+    "targets": dict(estimator=MLPRegressor, y="device", weights="device"),
+    "host targets": dict(estimator=MLPRegressor, y="host"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DEVICE_FITS.values(), ids=DEVICE_FITS.keys())
+def test_a_fit_on_device_arrays_is_the_fit_on_host_arrays(cupy_standin, iris, case):
+    # The stand-in refuses implicit host conversion, so this also shows that labels, weights
+    # and scores never go through NumPy behind the user's back.
+    import cupy
+
+    from xpmlp import get_backend
+
+    X, y = iris
+    X = X.astype(np.float32)
+    y = y if case["estimator"] is MLPClassifier else y.astype(np.float32)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, size=len(y)).astype(np.float32)
+    settings = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    if "class_weight" in case:
+        settings["class_weight"] = case["class_weight"]
+    backend = get_backend("cuda:1")
+    on_device = {"host": lambda a: a, "device": cupy.asarray}
+    X_gpu = backend.asarray(X, "float32")
+    with cupy.cuda.Device(1):
+        y_in = on_device[case["y"]](y)
+        w_in = on_device[case["weights"]](weights) if "weights" in case else None
+    w_host = weights if "weights" in case else None
+
+    model = case["estimator"](**settings).fit(X_gpu, y_in, sample_weight=w_in)
+    reference = case["estimator"](**settings).fit(X, y, sample_weight=w_host)
+
+    assert model._trainer.model.backend.spec == "cuda:1"
+    predicted = model.predict(X_gpu)
+    assert type(predicted).__module__ == "cupy" and predicted.device.id == 1
+    np.testing.assert_array_equal(predicted.get(), reference.predict(X))
+    assert model.loss_curve_ == reference.loss_curve_
+    assert model.score(X_gpu, y_in, sample_weight=w_in) == reference.score(X, y, w_host)
+    if case["estimator"] is MLPClassifier:
+        proba = model.predict_proba(X_gpu)
+        np.testing.assert_array_equal(proba.get(), reference.predict_proba(X))
+
+
+def test_labels_on_another_gpu_follow_X(cupy_standin, iris):
+    import cupy
+
+    from xpmlp import get_backend
+
+    X, y = iris
+    X_gpu = get_backend("cuda:1").asarray(X, "float32")
+    settings = dict(hidden_layer_sizes=(8,), max_iter=3, random_state=0)
+    model = MLPClassifier(**settings).fit(X_gpu, cupy.asarray(y))  # y on device 0
+    reference = MLPClassifier(**settings).fit(X.astype(np.float32), y)
+    np.testing.assert_array_equal(model.predict(X_gpu).get(), reference.predict(X))
+
+
+@pytest.mark.parametrize("estimator", [MLPClassifier, MLPRegressor])
+def test_early_stopping_on_device_arrays(cupy_standin, iris, estimator):
+    import cupy
+
+    from xpmlp import get_backend
+
+    X, y = iris
+    y = cupy.asarray(y if estimator is MLPClassifier else y.astype(np.float32))
+    X_gpu = get_backend("cuda:0").asarray(X, "float32")
+    model = estimator(hidden_layer_sizes=(8,), max_iter=30, early_stopping=True,
+                      n_iter_no_change=3, random_state=0).fit(X_gpu, y)  # fmt: skip
+    assert len(model.validation_scores_) == model.n_iter_
+    assert model.best_validation_score_ == max(model.validation_scores_)
+    assert isinstance(model.score(X_gpu, y), float)
+
+
+def test_bad_weights_on_device_are_refused_as_on_the_host(cupy_standin, iris):
+    import cupy
+
+    from xpmlp import get_backend
+
+    X, y = iris
+    X_gpu = get_backend("cuda:0").asarray(X, "float32")
+    model = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0)
+    with pytest.raises(ValueError, match=r"sample_weight.shape == \(3,\), expected \(150,\)"):
+        model.fit(X_gpu, y, sample_weight=cupy.ones(3))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model.fit(X_gpu, y, sample_weight=cupy.full(150, np.nan))
+    with pytest.raises(ValueError, match="at least one non-zero"):
+        model.fit(X_gpu, y, sample_weight=cupy.zeros(150))
+
+
 def test_gpu_fitted_pickles_load_on_a_cpu_only_machine(iris):
     import cupy_standin as standin
 

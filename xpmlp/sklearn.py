@@ -20,7 +20,7 @@ import numpy as np
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import r2_score
+from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils._array_api import move_to
 from sklearn.utils.class_weight import compute_sample_weight
@@ -118,6 +118,8 @@ class _BaseMLP(BaseEstimator):
         if sklearn.get_config()["array_api_dispatch"] and device_spec_of(X) is not None:
             # y and sample_weight follow X's namespace and device
             y, sample_weight = move_to(y, sample_weight, xp=_namespace(X), device=X.device)
+        elif device_spec_of(y) not in (None, device_spec_of(X)):  # another GPU's labels
+            y = _namespace(X).asarray(y, device=X.device)
         X, y, sample_weight = self._validate(X, y, sample_weight, reset=reset, classes=classes)
         if reset:
             self._start(X, sample_weight)
@@ -179,9 +181,9 @@ class _BaseMLP(BaseEstimator):
             cut = max(1, int(round(n * self.validation_fraction)))
             val, train = (xp.asarray(part, device=X.device) for part in (order[:cut], order[cut:]))
             y = y if device_spec_of(y) is not None else xp.asarray(y, device=X.device)
-            weight = xp.asarray(np.asarray(sample_weight), device=X.device)
             take = lambda a, i: xp.take(a, i, axis=0)  # noqa: E731
-            return take(X, train), take(X, val), take(y, train), take(y, val), take(weight, train)
+            return (take(X, train), take(X, val), take(y, train), take(y, val),
+                    take(sample_weight, train))  # fmt: skip
         classify = self._loss == "cross_entropy" and isinstance(y, np.ndarray)
         stratify = y if classify and len(np.unique(y)) > 1 else None
         parts = train_test_split(X, y, sample_weight, test_size=self.validation_fraction,
@@ -218,6 +220,24 @@ class _BaseMLP(BaseEstimator):
                              "is None.")  # fmt: skip
         return (X, y) if fit else X
 
+    def _check_weights(self, sample_weight, X):
+        """scikit-learn's rules for sample weights (n finite numbers, not all zero) in X's
+        namespace, on its device."""
+        if device_spec_of(X) is None or sklearn.get_config()["array_api_dispatch"]:
+            weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        else:
+            weight = _like_X(X, 1.0 if sample_weight is None else sample_weight)
+            if weight.ndim == 0:
+                weight = _namespace(X).broadcast_to(weight, (X.shape[0],))
+            if weight.shape != (X.shape[0],):
+                raise ValueError(f"sample_weight.shape == {tuple(weight.shape)}, expected "
+                                 f"({X.shape[0]},)!")  # fmt: skip
+            if not bool(_namespace(X).all(_namespace(X).isfinite(weight))):
+                raise ValueError("Input sample_weight contains NaN or infinity.")
+        if not bool(_namespace(weight).any(weight != 0)):
+            raise ValueError("Sample weights must contain at least one non-zero number.")
+        return weight
+
     def _device_of(self, X) -> str:
         return device_spec_of(X) or self.device
 
@@ -227,6 +247,18 @@ class _BaseMLP(BaseEstimator):
         return "float32" if "float32" in str(X.dtype) else "float64"
 
     # ------------------------------------------------------------------ prediction
+
+    def _score(self, mixin_score, metric, X, y, sample_weight):
+        """scikit-learn's score; for device X, y and the weights follow X under
+        ``array_api_dispatch``, and without it scikit-learn's metrics need NumPy: the predictions,
+        y and the weights are read back explicitly."""
+        if device_spec_of(X) is None:
+            return mixin_score(X, y, sample_weight)
+        if sklearn.get_config()["array_api_dispatch"]:
+            y, sample_weight = move_to(y, sample_weight, xp=_namespace(X), device=X.device)
+            return mixin_score(X, y, sample_weight)
+        weight = None if sample_weight is None else to_numpy(sample_weight)
+        return float(metric(to_numpy(y), to_numpy(self.predict(X)), sample_weight=weight))
 
     def _outputs(self, X, method: str):
         check_is_fitted(self, "n_iter_")
@@ -333,16 +365,19 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         known = xp.take(self.classes_, xp.clip(index, 0, self._n_outputs - 1)) == y
         if not bool(xp.all(known)):
             raise ValueError(f"y has labels that are not in classes_ {self.classes_}")
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-        if self.class_weight is not None:
-            sample_weight = sample_weight * compute_sample_weight(self.class_weight, y)
-        if not bool(_namespace(sample_weight).any(sample_weight != 0)):
-            raise ValueError("Sample weights must contain at least one non-zero number.")
+        sample_weight = self._check_weights(sample_weight, X)
+        if self.class_weight is not None:  # from the labels, read back once
+            per_sample = compute_sample_weight(self.class_weight, to_numpy(y))
+            sample_weight = sample_weight * _like_X(X, per_sample)
         return X, index, sample_weight
 
     def _validation_score(self, trainer, X_val, y_val) -> float:
         predicted = np.argmax(to_numpy(trainer.model.outputs(X_val)), axis=1)
         return float(np.mean(predicted == to_numpy(y_val)))
+
+    def score(self, X, y, sample_weight=None):
+        """The (weighted) accuracy of :meth:`predict` on (X, y), a float."""
+        return self._score(super().score, accuracy_score, X, y, sample_weight)
 
     @_on_device_of_X
     def predict_proba(self, X):
@@ -394,13 +429,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         y = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
         if reset:
             self._n_outputs = y.shape[1]
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-        if not bool(_namespace(sample_weight).any(sample_weight != 0)):
-            raise ValueError("Sample weights must contain at least one non-zero number.")
-        return X, xp.astype(y, X.dtype), sample_weight
+        return X, xp.astype(y, X.dtype), self._check_weights(sample_weight, X)
 
     def _validation_score(self, trainer, X_val, y_val) -> float:
-        return float(r2_score(y_val, to_numpy(trainer.model.outputs(X_val))))
+        return float(r2_score(to_numpy(y_val), to_numpy(trainer.model.outputs(X_val))))
+
+    def score(self, X, y, sample_weight=None):
+        """The (weighted) coefficient of determination R² of :meth:`predict` on (X, y)."""
+        return self._score(super().score, r2_score, X, y, sample_weight)
 
     @_on_device_of_X
     def predict(self, X):
@@ -420,6 +456,16 @@ def _like(X, values, *, labels: bool = False):
     if device_spec_of(X) is None or (labels and isinstance(values, np.ndarray)):
         return values if isinstance(values, np.ndarray) else np.asarray(to_numpy(values))
     return values
+
+
+def _like_X(X, values):
+    """Host values (or another device's) as an array in X's namespace, dtype and device."""
+    if device_spec_of(X) is None:
+        return np.asarray(values, dtype=X.dtype)
+    xp = _namespace(X)
+    if device_spec_of(values) is None:
+        values = np.asarray(values, dtype=np.float64)
+    return xp.astype(xp.asarray(values, device=X.device), X.dtype)
 
 
 def _namespace(array):
