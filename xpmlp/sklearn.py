@@ -54,8 +54,6 @@ def _on_device_of_X(method):
 
 
 class _BaseMLP(BaseEstimator):
-    _loss = "cross_entropy"
-
     def __init__(
         self,
         hidden_layer_sizes=(100,),
@@ -143,12 +141,12 @@ class _BaseMLP(BaseEstimator):
         # scikit-learn's alpha penalises alpha / (2 sum(w)) * sum(W**2) in a batch of weights w
         # (its size without weights), where l2 here is per batch; and its weights start
         # Glorot-uniform for every activation.
-        mean_weight = float(np.mean(to_numpy(sample_weight)))
+        mean_weight = float(_namespace(sample_weight).mean(sample_weight))
         l2 = self.alpha / (self._batch_size(X.shape[0]) * mean_weight)
         model = MLP([X.shape[1], *_sizes(self.hidden_layer_sizes), self._n_outputs],
-                    activation=self.activation, loss=self._loss, dropout=self.dropout,
-                    l2=l2, init="glorot",
-                    device=self._device_of(X), dtype=self._dtype_of(X), seed=seed)  # fmt: skip
+                    activation=self.activation, loss=self._loss, dropout=self.dropout, l2=l2,
+                    init="glorot", device=device_spec_of(X) or self.device,
+                    dtype=self._dtype_of(X), seed=seed)  # fmt: skip
         config = TrainConfig(optimizer=self.optimizer, lr=self.learning_rate_init,
                              schedule=self.schedule, clip_norm=self.clip_norm,
                              shuffle=bool(self.shuffle), seed=seed, epochs=0)  # fmt: skip
@@ -223,23 +221,19 @@ class _BaseMLP(BaseEstimator):
     def _check_weights(self, sample_weight, X):
         """scikit-learn's rules for sample weights (n finite numbers, not all zero) in X's
         namespace, on its device."""
+        xp, n = _namespace(X), X.shape[0]
         if device_spec_of(X) is None or sklearn.get_config()["array_api_dispatch"]:
             weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
         else:
             weight = _like_X(X, 1.0 if sample_weight is None else sample_weight)
-            if weight.ndim == 0:
-                weight = _namespace(X).broadcast_to(weight, (X.shape[0],))
-            if weight.shape != (X.shape[0],):
-                raise ValueError(f"sample_weight.shape == {tuple(weight.shape)}, expected "
-                                 f"({X.shape[0]},)!")  # fmt: skip
-            if not bool(_namespace(X).all(_namespace(X).isfinite(weight))):
+            weight = xp.broadcast_to(weight, (n,)) if weight.ndim == 0 else weight
+            if weight.shape != (n,):
+                raise ValueError(f"sample_weight.shape == {tuple(weight.shape)}, expected ({n},)!")
+            if not bool(xp.all(xp.isfinite(weight))):
                 raise ValueError("Input sample_weight contains NaN or infinity.")
         if not bool(_namespace(weight).any(weight != 0)):
             raise ValueError("Sample weights must contain at least one non-zero number.")
         return weight
-
-    def _device_of(self, X) -> str:
-        return device_spec_of(X) or self.device
 
     def _dtype_of(self, X) -> str:
         if self.dtype != "auto":
@@ -450,12 +444,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 # ---------------------------------------------------------------------- helpers
 
 
-def _like(X, values, *, labels: bool = False):
-    """``values`` in X's namespace and on its device: NumPy for NumPy input (and for string
-    labels), else X's own (the model computed them there)."""
-    if device_spec_of(X) is None or (labels and isinstance(values, np.ndarray)):
-        return values if isinstance(values, np.ndarray) else np.asarray(to_numpy(values))
-    return values
+def _like(X, values):
+    """The model's outputs as NumPy for NumPy X; else as they are, in X's namespace already."""
+    return to_numpy(values) if device_spec_of(X) is None else values
 
 
 def _like_X(X, values):
