@@ -46,3 +46,23 @@ def test_example_script_runs(fashion_dir, monkeypatch):
         sys, "argv", [str(example), "--epochs", "1", "--device", "cpu", "--limit", "2000"]
     )
     runpy.run_path(str(example), run_name="__main__")
+
+
+@pytest.mark.realdata
+def test_the_scikit_learn_comparison_runs(fashion_dir, tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("sklearn")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "sklearn_compare.py"
+    report = tmp_path / "compare.json"
+    argv = [sys.executable, str(script), "--rows", "1000", "--epochs", "3", "--repeats", "1",
+            "--json", str(report)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(report.read_text())
+    names = {f"{who} {dtype}" for who in ("xpmlp.sklearn", "sklearn.neural_network")
+             for dtype in ("float64", "float32")}  # fmt: skip
+    assert set(results["accuracy"]) == set(results["seconds"]) == names
+    assert all(accuracy > 0.6 for accuracy in results["accuracy"].values()), results["accuracy"]
+    assert "| xpmlp.sklearn | float32 |" in done.stdout
