@@ -95,6 +95,23 @@ def test_fitted_attributes(iris):
     assert stopped.best_validation_score_ == max(stopped.validation_scores_)
 
 
+@pytest.mark.parametrize("cls", [MLPClassifier, SklearnMLPClassifier], ids=["ours", "theirs"])
+def test_loss_curve_grows_by_one_per_epoch_as_scikit_learns(iris, cls):
+    X, y = iris
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        once = cls(hidden_layer_sizes=(8,), max_iter=1, random_state=0).fit(X, y)
+    assert len(once.loss_curve_) == 1 and once.loss_ == once.best_loss_ == once.loss_curve_[0]
+    stepped = cls(hidden_layer_sizes=(8,), random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # partial_fit never warns
+        for _ in range(3):
+            stepped.partial_fit(X, y, classes=[0, 1, 2])
+    assert len(stepped.loss_curve_) == 3 and stepped.loss_ == stepped.loss_curve_[-1]
+    assert stepped.best_loss_ == min(stepped.loss_curve_)
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        cls(early_stopping=True).partial_fit(X, y, classes=[0, 1, 2])
+
+
 def test_integer_sample_weights_are_repeated_rows():
     X, y = make_regression(n_samples=40, n_features=3, random_state=0)
     weights = np.random.default_rng(0).integers(0, 3, 40)

@@ -104,15 +104,20 @@ class _BaseMLP(BaseEstimator):
         tags.array_api_support = True
         return tags
 
-    # ------------------------------------------------------------------ fitting
-
     def fit(self, X, y, sample_weight=None):
         """Train for up to ``max_iter`` epochs (from the current weights with ``warm_start``)."""
         keep = self.warm_start and hasattr(self, "_trainer")
-        return self._fit(X, y, sample_weight, epochs=self.max_iter, reset=not keep)
+        return self._fit(X, y, sample_weight, reset=not keep)
+
+    def _partial_fit(self, X, y, sample_weight, classes=None):
+        if self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        first = not hasattr(self, "_trainer")
+        return self._fit(X, y, sample_weight, reset=first, classes=classes, incremental=True)
 
     @_on_device_of_X
-    def _fit(self, X, y, sample_weight, *, epochs: int, reset: bool, classes=None):
+    def _fit(self, X, y, sample_weight, *, reset: bool, classes=None, incremental=False):
+        epochs = 1 if incremental else self.max_iter
         if sklearn.get_config()["array_api_dispatch"] and device_spec_of(X) is not None:
             # y and sample_weight follow X's namespace and device
             y, sample_weight = move_to(y, sample_weight, xp=_namespace(X), device=X.device)
@@ -124,16 +129,16 @@ class _BaseMLP(BaseEstimator):
             self._fit_spec = device_spec_of(X)
         trainer = self._trainer
         validation = None
-        if self.early_stopping and epochs > 1:
+        if self.early_stopping:
             X, X_val, y, y_val, sample_weight = self._split(X, y, sample_weight)
             validation = (X_val, y_val)
         trainer.config = trainer.config.replace(
             epochs=trainer.epoch + epochs, batch_size=self._batch_size(X.shape[0])
         )
-        callback = _Stopper(self, validation) if epochs > 1 else None
+        stopper = _Stopper(self, validation)
         trainer.fit(X, y, validation_data=validation, sample_weight=sample_weight,
-                    callbacks=[callback] if callback else [])  # fmt: skip
-        self._record(trainer, callback)
+                    callbacks=[stopper])  # fmt: skip
+        self._record(trainer, stopper, warn=not incremental)
         return self
 
     def _start(self, X, sample_weight) -> None:
@@ -156,8 +161,8 @@ class _BaseMLP(BaseEstimator):
         self.best_validation_score_ = -np.inf if self.early_stopping else None
         self._no_improvement = 0
 
-    def _record(self, trainer: Trainer, stopper) -> None:
-        if stopper is not None and stopper.best_params is not None:
+    def _record(self, trainer: Trainer, stopper, *, warn: bool) -> None:
+        if stopper.best_params is not None:
             trainer.model.load_state_dict(stopper.best_params)
         self.n_iter_ = trainer.epoch
         self.history_ = trainer.history
@@ -168,7 +173,8 @@ class _BaseMLP(BaseEstimator):
                        for i in range(model.n_layers)]  # fmt: skip
         self.intercepts_ = [to_numpy(model.params[f"layers.{i}.bias"]).copy()
                             for i in range(model.n_layers)]  # fmt: skip
-        if stopper is not None and not stopper.converged and self.max_iter > 1:
+        self.loss_ = self.loss_curve_[-1]
+        if warn and not stopper.converged:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                           "and the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)  # fmt: skip
 
@@ -240,8 +246,6 @@ class _BaseMLP(BaseEstimator):
             return self.dtype
         return "float32" if "float32" in str(X.dtype) else "float64"
 
-    # ------------------------------------------------------------------ prediction
-
     def _score(self, mixin_score, metric, X, y, sample_weight):
         """scikit-learn's score; for device X, y and the weights follow X under
         ``array_api_dispatch``, and without it scikit-learn's metrics need NumPy: the predictions,
@@ -263,8 +267,6 @@ class _BaseMLP(BaseEstimator):
         X = self._check_X(X, reset=False)
         model = self._trainer.model
         return model.outputs(model.as_input(X))
-
-    # ------------------------------------------------------------------ pickling
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -339,10 +341,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y); the first call needs ``classes`` (every label there will be)."""
-        first = not hasattr(self, "_trainer")
-        if first and classes is None:
+        if classes is None and not hasattr(self, "_trainer"):
             raise ValueError("classes must be passed on the first call to partial_fit")
-        return self._fit(X, y, sample_weight, epochs=1, reset=first, classes=classes)
+        return self._partial_fit(X, y, sample_weight, classes)
 
     def _validate(self, X, y, sample_weight, *, reset: bool, classes=None):
         X, y = self._check_X(X, reset=reset, y=y, fit=True)
@@ -411,8 +412,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y)."""
-        first = not hasattr(self, "_trainer")
-        return self._fit(X, y, sample_weight, epochs=1, reset=first)
+        return self._partial_fit(X, y, sample_weight)
 
     def _validate(self, X, y, sample_weight, *, reset: bool, classes=None):
         X, y = self._check_X(X, reset=reset, y=y, fit=True)
