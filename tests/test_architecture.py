@@ -22,7 +22,7 @@ LAYERS = {
     "optim": 5, "gradcheck": 5, "metrics": 5, "diagnostics": 5, "doctor": 5,
     "config": 6, "runs": 6, "distributed": 6,
     "training": 7,
-    "fitting": 8, "prepare": 8,
+    "fitting": 8, "prepare": 8, "sklearn_arrays": 8,
     "cli": 9, "__init__": 9, "sklearn": 9, "__main__": 10,
 }  # fmt: skip
 DEVICE_LIBRARIES = {"cupy", "torch", "array_api_strict"}

@@ -57,6 +57,7 @@ def _torch_loss_and_grads(model: MLP, X: np.ndarray, y: np.ndarray, masks: list)
         loss = F.cross_entropy(z, torch.tensor(y))
     else:
         loss = torch.nn.MSELoss(reduction="mean")(z, torch.tensor(y, dtype=torch.float64))
+        loss = loss / 2 if model.loss_name == "half_mse" else loss
     for i in range(model.n_layers):
         loss = loss + model.l2 / 2 * torch.sum(params[f"layers.{i}.weight"] ** 2)
     loss.backward()

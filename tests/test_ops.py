@@ -33,7 +33,7 @@ def _lse(logits: np.ndarray) -> np.ndarray:
 
 def test_registry_is_complete():
     assert set(ops.ACTIVATIONS) == set(REFERENCE)
-    assert set(ops.LOSSES) == {"cross_entropy", "mse"}
+    assert set(ops.LOSSES) == {"cross_entropy", "mse", "half_mse"}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
@@ -139,6 +139,23 @@ def test_mse_is_mean_over_all_elements(backend):
     # over 6 elements: 3.583...; the gradient is 2 * diff / 6.
     assert float(to_numpy(loss)) == pytest.approx(21.5 / 6, rel=1e-15)
     np.testing.assert_allclose(to_numpy(grad), (outputs - targets) / 3, rtol=1e-15)
+    half, half_grad = ops.half_mean_squared_error(
+        backend.xp, backend.asarray(outputs, "float64"), backend.asarray(targets, "float64")
+    )  # scikit-learn's squared error
+    assert float(to_numpy(half)) == pytest.approx(21.5 / 12, rel=1e-15)
+    np.testing.assert_allclose(to_numpy(half_grad), (outputs - targets) / 6, rtol=1e-15)
+
+
+@pytest.mark.parametrize("name", sorted(ops.LOSSES))
+def test_equal_sample_weights_give_the_unweighted_loss(backend, name):
+    generator = np.random.default_rng(0)
+    outputs = backend.asarray(generator.normal(size=(5, 3)), "float64")
+    targets = backend.asarray(np.eye(3)[[0, 2, 1, 1, 0]], "float64")
+    weights = backend.asarray(np.full(5, 0.7), "float64")
+    loss, grad = ops.get_loss(name)(backend.xp, outputs, targets)
+    weighted, weighted_grad = ops.weighted_loss(backend.xp, name, outputs, targets, weights)
+    assert float(to_numpy(weighted)) == pytest.approx(float(to_numpy(loss)), rel=1e-14)
+    np.testing.assert_allclose(to_numpy(weighted_grad), to_numpy(grad), rtol=1e-14)
 
 
 @given(

@@ -49,7 +49,8 @@ class MLP:
     activation : str
         Hidden-layer activation: relu, leaky_relu, tanh, sigmoid, gelu or identity.
     loss : str
-        ``cross_entropy`` (softmax output, integer labels) or ``mse`` (identity output).
+        ``cross_entropy`` (softmax output, integer labels), ``mse`` (identity output), or
+        ``half_mse`` (half of it, scikit-learn's squared error).
     dropout : float
         Inverted-dropout rate on every hidden layer's output, in [0, 1).
     l2 : float

@@ -166,7 +166,17 @@ def mean_squared_error(xp, outputs, targets):
     return xp.sum(diff * diff) / count, diff * (2.0 / count)
 
 
-LOSSES = {"cross_entropy": softmax_cross_entropy, "mse": mean_squared_error}
+def half_mean_squared_error(xp, outputs, targets):
+    """Half of :func:`mean_squared_error` (scikit-learn's squared-error loss), and its gradient."""
+    loss, grad = mean_squared_error(xp, outputs, targets)
+    return loss / 2, grad / 2
+
+
+LOSSES = {
+    "cross_entropy": softmax_cross_entropy,
+    "mse": mean_squared_error,
+    "half_mse": half_mean_squared_error,
+}
 
 
 def get_loss(name: str):
@@ -188,7 +198,8 @@ def weighted_loss(xp, name: str, outputs, targets, weights):
         _, grad = softmax_cross_entropy(xp, outputs, targets)
     else:
         diff = outputs - targets
-        per_sample = xp.sum(diff * diff, axis=1) / diff.shape[1]
-        _, grad = mean_squared_error(xp, outputs, targets)
+        half = 0.5 if name == "half_mse" else 1.0
+        per_sample = half * xp.sum(diff * diff, axis=1) / diff.shape[1]
+        _, grad = get_loss(name)(xp, outputs, targets)
     share = weights / xp.sum(weights)
     return xp.sum(share * per_sample), grad * (share * n)[:, None]

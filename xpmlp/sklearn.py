@@ -11,11 +11,8 @@ where training runs). Needs scikit-learn: ``pip install 'xpmlp[sklearn]'``.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import warnings
 
-import array_api_compat
 import numpy as np
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -32,25 +29,15 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .backend import device_spec_of, get_backend, to_numpy
+from . import sklearn_arrays as arrays
+from .backend import device_spec_of, to_numpy
 from .config import TrainConfig
 from .model import MLP
 from .ops import log_softmax
+from .sklearn_arrays import namespace, on_device_of_X
 from .training import Trainer
 
 SEED_LIMIT = 2**31 - 1
-
-
-def _on_device_of_X(method):
-    """Run ``method(self, X, ...)`` with X's device current (CuPy computes on the current one)."""
-
-    @functools.wraps(method)
-    def run(self, X, *args, **kwargs):
-        spec = device_spec_of(X)
-        with get_backend(spec).activate() if spec else contextlib.nullcontext():
-            return method(self, X, *args, **kwargs)
-
-    return run
 
 
 class _BaseMLP(BaseEstimator):
@@ -115,14 +102,14 @@ class _BaseMLP(BaseEstimator):
         first = not hasattr(self, "_trainer")
         return self._fit(X, y, sample_weight, reset=first, classes=classes, incremental=True)
 
-    @_on_device_of_X
+    @on_device_of_X
     def _fit(self, X, y, sample_weight, *, reset: bool, classes=None, incremental=False):
         epochs = 1 if incremental else self.max_iter
         if sklearn.get_config()["array_api_dispatch"] and device_spec_of(X) is not None:
             # y and sample_weight follow X's namespace and device
-            y, sample_weight = move_to(y, sample_weight, xp=_namespace(X), device=X.device)
-        elif device_spec_of(y) not in (None, device_spec_of(X)):  # another GPU's labels
-            y = _namespace(X).asarray(y, device=X.device)
+            y, sample_weight = move_to(y, sample_weight, xp=namespace(X), device=X.device)
+        else:
+            y = arrays.to_device_of(X, y)
         X, y, sample_weight = self._validate(X, y, sample_weight, reset=reset, classes=classes)
         if reset:
             self._start(X, sample_weight)
@@ -146,7 +133,7 @@ class _BaseMLP(BaseEstimator):
         # scikit-learn's alpha penalises alpha / (2 sum(w)) * sum(W**2) in a batch of weights w
         # (its size without weights), where l2 here is per batch; and its weights start
         # Glorot-uniform for every activation.
-        mean_weight = float(_namespace(sample_weight).mean(sample_weight))
+        mean_weight = float(namespace(sample_weight).mean(sample_weight))
         l2 = self.alpha / (self._batch_size(X.shape[0]) * mean_weight)
         model = MLP([X.shape[1], *_sizes(self.hidden_layer_sizes), self._n_outputs],
                     activation=self.activation, loss=self._loss, dropout=self.dropout, l2=l2,
@@ -179,15 +166,9 @@ class _BaseMLP(BaseEstimator):
                           "and the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)  # fmt: skip
 
     def _split(self, X, y, sample_weight):
-        if device_spec_of(X) is not None:  # on the device: a seeded permutation, not stratified
-            xp, n = _namespace(X), X.shape[0]
-            order = np.random.default_rng(_seed(self.random_state)).permutation(n)
-            cut = max(1, int(round(n * self.validation_fraction)))
-            val, train = (xp.asarray(part, device=X.device) for part in (order[:cut], order[cut:]))
-            y = y if device_spec_of(y) is not None else xp.asarray(y, device=X.device)
-            take = lambda a, i: xp.take(a, i, axis=0)  # noqa: E731
-            return (take(X, train), take(X, val), take(y, train), take(y, val),
-                    take(sample_weight, train))  # fmt: skip
+        if device_spec_of(X) is not None:
+            return arrays.split(X, y, sample_weight, self.validation_fraction,
+                                _seed(self.random_state))  # fmt: skip
         classify = self._loss == "cross_entropy" and isinstance(y, np.ndarray)
         stratify = y if classify and len(np.unique(y)) > 1 else None
         parts = train_test_split(X, y, sample_weight, test_size=self.validation_fraction,
@@ -202,42 +183,28 @@ class _BaseMLP(BaseEstimator):
 
     def _check_X(self, X, *, reset: bool, y=None, fit: bool = False):
         """scikit-learn's validation for host data (and under ``array_api_dispatch``); for a
-        device array without it, the same rules checked on the device, with one read back."""
+        device array without it, the same rules checked on the device."""
         if device_spec_of(X) is None or sklearn.get_config()["array_api_dispatch"]:
+            dtype = arrays.float_dtypes(X)
             if not fit:
-                return validate_data(self, X, reset=reset, dtype=_floats(X))
-            return validate_data(self, X, y, reset=reset, dtype=_floats(X), **self._y_rules)
-        xp = _namespace(X)
-        if X.ndim != 2:
-            raise ValueError(f"Expected a 2-dimensional array; got shape {tuple(X.shape)}")
+                return validate_data(self, X, reset=reset, dtype=dtype)
+            return validate_data(self, X, y, reset=reset, dtype=dtype, **self._y_rules)
+        name = type(self).__name__
+        X = arrays.check_X(X, None if reset else self.n_features_in_, name)
         if reset:
             self.n_features_in_ = X.shape[1]
-        elif X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is "
-                             f"expecting {self.n_features_in_} features as input.")  # fmt: skip
-        if not xp.isdtype(X.dtype, "real floating"):
-            X = xp.astype(X, xp.float64)
-        if not bool(xp.all(xp.isfinite(X))):
-            raise ValueError("Input X contains NaN or infinity.")
         if fit and y is None:
-            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y "
-                             "is None.")  # fmt: skip
+            raise ValueError(f"{name} requires y to be passed, but the target y is None.")
         return (X, y) if fit else X
 
     def _check_weights(self, sample_weight, X):
         """scikit-learn's rules for sample weights (n finite numbers, not all zero) in X's
         namespace, on its device."""
-        xp, n = _namespace(X), X.shape[0]
         if device_spec_of(X) is None or sklearn.get_config()["array_api_dispatch"]:
             weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
         else:
-            weight = _like_X(X, 1.0 if sample_weight is None else sample_weight)
-            weight = xp.broadcast_to(weight, (n,)) if weight.ndim == 0 else weight
-            if weight.shape != (n,):
-                raise ValueError(f"sample_weight.shape == {tuple(weight.shape)}, expected ({n},)!")
-            if not bool(xp.all(xp.isfinite(weight))):
-                raise ValueError("Input sample_weight contains NaN or infinity.")
-        if not bool(_namespace(weight).any(weight != 0)):
+            weight = arrays.check_weights(sample_weight, X)
+        if not bool(namespace(weight).any(weight != 0)):
             raise ValueError("Sample weights must contain at least one non-zero number.")
         return weight
 
@@ -253,7 +220,7 @@ class _BaseMLP(BaseEstimator):
         if device_spec_of(X) is None:
             return mixin_score(X, y, sample_weight)
         if sklearn.get_config()["array_api_dispatch"]:
-            y, sample_weight = move_to(y, sample_weight, xp=_namespace(X), device=X.device)
+            y, sample_weight = move_to(y, sample_weight, xp=namespace(X), device=X.device)
             return mixin_score(X, y, sample_weight)
         weight = None if sample_weight is None else to_numpy(sample_weight)
         return float(metric(to_numpy(y), to_numpy(self.predict(X)), sample_weight=weight))
@@ -349,7 +316,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         X, y = self._check_X(X, reset=reset, y=y, fit=True)
         if device_spec_of(y) is None:
             check_classification_targets(y)
-        xp = _namespace(y)
+        xp = namespace(y)
         if reset:
             labels = classes if classes is not None else y
             self.classes_ = unique_labels(labels) if xp is np else xp.unique_values(labels)
@@ -363,7 +330,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         sample_weight = self._check_weights(sample_weight, X)
         if self.class_weight is not None:  # from the labels, read back once
             per_sample = compute_sample_weight(self.class_weight, to_numpy(y))
-            sample_weight = sample_weight * _like_X(X, per_sample)
+            sample_weight = sample_weight * arrays.as_X(X, per_sample)
         return X, index, sample_weight
 
     def _validation_score(self, trainer, X_val, y_val) -> float:
@@ -374,20 +341,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """The (weighted) accuracy of :meth:`predict` on (X, y), a float."""
         return self._score(super().score, accuracy_score, X, y, sample_weight)
 
-    @_on_device_of_X
+    @on_device_of_X
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
         outputs = self._outputs(X, "predict_proba")
         xp = self._trainer.model.xp
-        return _like(X, xp.exp(log_softmax(xp, outputs)))
+        return arrays.as_output(X, xp.exp(log_softmax(xp, outputs)))
 
-    @_on_device_of_X
+    @on_device_of_X
     def predict_log_proba(self, X):
         """The logarithm of :meth:`predict_proba`, computed without underflow."""
         outputs = self._outputs(X, "predict_log_proba")
-        return _like(X, log_softmax(self._trainer.model.xp, outputs))
+        return arrays.as_output(X, log_softmax(self._trainer.model.xp, outputs))
 
-    @_on_device_of_X
+    @on_device_of_X
     def predict(self, X):
         """The most probable class of each row, as values of ``classes_``."""
         outputs = self._outputs(X, "predict")
@@ -407,7 +374,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     columns.
     """
 
-    _loss = "mse"
+    _loss = "half_mse"  # scikit-learn's squared error: half the mean of squares
     _y_rules = {"multi_output": True, "y_numeric": True}
 
     def partial_fit(self, X, y, sample_weight=None):
@@ -416,7 +383,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _validate(self, X, y, sample_weight, *, reset: bool, classes=None):
         X, y = self._check_X(X, reset=reset, y=y, fit=True)
-        xp = _namespace(y)
+        xp = namespace(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         self._single_output = y.ndim == 1
@@ -432,44 +399,16 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """The (weighted) coefficient of determination R² of :meth:`predict` on (X, y)."""
         return self._score(super().score, r2_score, X, y, sample_weight)
 
-    @_on_device_of_X
+    @on_device_of_X
     def predict(self, X):
         """Predicted values, shape (n_samples,) (or (n_samples, n_outputs) for several)."""
         outputs = self._outputs(X, "predict")
         if self._single_output:
             outputs = self._trainer.model.xp.reshape(outputs, (-1,))
-        return _like(X, outputs)
+        return arrays.as_output(X, outputs)
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _like(X, values):
-    """The model's outputs as NumPy for NumPy X; else as they are, in X's namespace already."""
-    return to_numpy(values) if device_spec_of(X) is None else values
-
-
-def _like_X(X, values):
-    """Host values (or another device's) as an array in X's namespace, dtype and device."""
-    if device_spec_of(X) is None:
-        return np.asarray(values, dtype=X.dtype)
-    xp = _namespace(X)
-    if device_spec_of(values) is None:
-        values = np.asarray(values, dtype=np.float64)
-    return xp.astype(xp.asarray(values, device=X.device), X.dtype)
-
-
-def _namespace(array):
-    """The array's Array API namespace; NumPy itself for NumPy arrays and host sequences."""
-    if device_spec_of(array) is None:
-        return np
-    return array_api_compat.array_namespace(array)
-
-
-def _floats(X) -> tuple:
-    """The float dtypes validation may keep, in X's namespace."""
-    xp = _namespace(X)
-    return (xp.float64, xp.float32)
 
 
 def _sizes(hidden) -> list[int]:
