@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -14,6 +15,8 @@ def test_defaults_round_trip_through_a_dict():
     config = TrainConfig(optimizer="adamw", weight_decay=0.01, epochs=3, clip_norm=1.0)
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert TrainConfig.from_dict({}) == TrainConfig()  # missing names take defaults
+    betas = TrainConfig(betas=(0.8, 0.99), eps=1e-6)
+    assert TrainConfig.from_dict(json.loads(json.dumps(betas.to_dict()))) == betas  # as saved
     data = DataConfig(dataset="x.npz", val_fraction=0.25)
     assert DataConfig.from_dict(data.to_dict()) == data
 
@@ -43,6 +46,9 @@ def test_configs_are_frozen_and_replace_validates():
         ({"checkpoint_every": 0}, "checkpoint_every"),
         ({"keep_checkpoints": 0}, "keep_checkpoints"),
         ({"optimizer": "sgd", "weight_decay": 0.1}, "--l2"),
+        ({"betas": (0.9, 1.0)}, r"each of betas must be a finite number in \[0, 1\)"),
+        ({"betas": (0.9,)}, "betas must be two numbers"),
+        ({"eps": 0.0}, "eps must be a finite number"),
     ],
 )
 def test_train_config_rejects_bad_values(changes, message):
@@ -82,3 +88,11 @@ def test_cli_help_shows_the_config_defaults(capsys):
 def test_parsed_flags_are_none_unless_given():
     args = build_parser().parse_args(["train", "--lr", "0.1"])
     assert args.lr == 0.1 and args.batch_size is None and args.epochs is None
+
+
+def test_adam_settings_reach_the_optimizer():
+    from xpmlp import MLP, Trainer
+
+    trainer = Trainer(MLP([2, 3, 2]), TrainConfig(optimizer="adamw", betas=(0.5, 0.9), eps=1e-3))
+    optimizer = trainer.optimizer
+    assert (optimizer.beta1, optimizer.beta2, optimizer.eps) == (0.5, 0.9, 1e-3)

@@ -25,7 +25,10 @@ class _Settings:
     """Shared by the config dataclasses: dict round trip and validated copies."""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as JSON stores them (tuples as lists), so a saved run compares equal."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, values: dict):
@@ -76,6 +79,8 @@ class TrainConfig(_Settings):
         Base learning rate.
     momentum : float
         For momentum and nesterov.
+    betas, eps : (float, float), float
+        Adam's and AdamW's moment decay rates and the term added to the denominator.
     weight_decay : float
         AdamW's decoupled decay (``p *= 1 - lr * weight_decay`` each step), adamw only. The L2
         penalty in the loss is the model's ``l2``.
@@ -103,6 +108,8 @@ class TrainConfig(_Settings):
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     weight_decay: float = 0.0
     batch_size: int = 128
     epochs: int = 10
@@ -122,6 +129,12 @@ class TrainConfig(_Settings):
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _number("lr", self.lr, low=0, open_low=True)
         _number("momentum", self.momentum, low=0, high=1, open_high=True)
+        if not isinstance(self.betas, tuple | list) or len(self.betas) != 2:
+            raise ConfigError(f"betas must be two numbers in [0, 1); got {self.betas!r}")
+        for beta in self.betas:
+            _number("each of betas", beta, low=0, high=1, open_high=True)
+        object.__setattr__(self, "betas", tuple(float(beta) for beta in self.betas))  # from JSON
+        _number("eps", self.eps, low=0, open_low=True)
         _number("weight_decay", self.weight_decay, low=0)
         if self.weight_decay and self.optimizer != "adamw":
             raise ConfigError(

@@ -63,7 +63,7 @@ class Trainer:
         self.config = config
         self.optimizer: Optimizer = make_optimizer(
             config.optimizer, model.xp, lr=config.lr, momentum=config.momentum,
-            weight_decay=config.weight_decay,
+            betas=config.betas, eps=config.eps, weight_decay=config.weight_decay,
         )  # fmt: skip
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
