@@ -1,10 +1,10 @@
 """scikit-learn estimators that train with xpmlp: :class:`MLPClassifier` and :class:`MLPRegressor`.
 
-Parameters are named as scikit-learn's ``sklearn.neural_network`` estimators where the meaning
-matches (``hidden_layer_sizes``, ``alpha`` for the L2 penalty, ``learning_rate_init``,
-``max_iter``, ``tol``, ``n_iter_no_change``, ``early_stopping``, ...), plus xpmlp's own
-(``device``, ``dtype``, ``optimizer``, ``schedule``, ``dropout``, ``clip_norm``, and
-``class_weight`` for the classifier). The namespace and device follow X: a CuPy array trains on
+They take every parameter of scikit-learn's ``sklearn.neural_network`` estimators with its
+meaning (``solver`` "adam" or "sgd", ``learning_rate`` and ``momentum`` for "sgd", ``alpha``
+for the L2 penalty, ...; not ``max_fun``, which is for "lbfgs"), plus xpmlp's own (``device``,
+``dtype``, ``optimizer``, which overrides ``solver``, ``schedule``, ``dropout``, ``clip_norm``,
+and ``class_weight`` for the classifier). The namespace and device follow X: a CuPy array trains on
 its GPU and predictions come back as CuPy arrays; NumPy in, NumPy out (``device`` then decides
 where training runs). Needs scikit-learn: ``pip install 'xpmlp[sklearn]'``.
 """
@@ -32,6 +32,7 @@ from sklearn.utils.validation import (
 from . import sklearn_arrays as arrays
 from .backend import device_spec_of, to_numpy
 from .config import TrainConfig
+from .errors import CheckpointError, DeviceError
 from .model import MLP
 from .ops import log_softmax
 from .sklearn_arrays import namespace, on_device_of_X
@@ -40,51 +41,20 @@ from .training import Trainer
 SEED_LIMIT = 2**31 - 1
 
 
+SGD_OPTIMIZERS = ("sgd", "momentum", "nesterov")  # those scikit-learn's learning_rate adapts
+ACTIVATIONS = {"logistic": "sigmoid"}  # scikit-learn's names that are not xpmlp's
+
+
 class _BaseMLP(BaseEstimator):
-    def __init__(
-        self,
-        hidden_layer_sizes=(100,),
-        activation="relu",
-        *,
-        alpha=0.0001,
-        batch_size="auto",
-        learning_rate_init=0.001,
-        max_iter=200,
-        shuffle=True,
-        random_state=None,
-        tol=1e-4,
-        verbose=False,
-        warm_start=False,
-        early_stopping=False,
-        validation_fraction=0.1,
-        n_iter_no_change=10,
-        device="cpu",
-        dtype="auto",
-        optimizer="adam",
-        schedule="constant",
-        dropout=0.0,
-        clip_norm=None,
-    ):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate_init = learning_rate_init
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.device = device
-        self.dtype = dtype
-        self.optimizer = optimizer
-        self.schedule = schedule
-        self.dropout = dropout
-        self.clip_norm = clip_norm
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, device="cpu",
+                 dtype="auto", optimizer=None, schedule="constant", dropout=0.0,
+                 clip_norm=None):  # fmt: skip
+        vars(self).update({name: value for name, value in locals().items() if name != "self"})
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -104,7 +74,6 @@ class _BaseMLP(BaseEstimator):
 
     @on_device_of_X
     def _fit(self, X, y, sample_weight, *, reset: bool, classes=None, incremental=False):
-        epochs = 1 if incremental else self.max_iter
         if sklearn.get_config()["array_api_dispatch"] and device_spec_of(X) is not None:
             # y and sample_weight follow X's namespace and device
             y, sample_weight = move_to(y, sample_weight, xp=namespace(X), device=X.device)
@@ -112,46 +81,90 @@ class _BaseMLP(BaseEstimator):
             y = arrays.to_device_of(X, y)
         X, y, sample_weight = self._validate(X, y, sample_weight, reset=reset, classes=classes)
         if reset:
-            self._start(X, sample_weight)
-            self._fit_spec = device_spec_of(X)
-        trainer = self._trainer
-        validation = None
+            self._start(X)
+        trainer, validation, weight_val = self._trainer, None, None
+        if self.warm_start and not incremental and hasattr(self, "coefs_"):
+            self._load_coefs(trainer.model)
         if self.early_stopping:
-            X, X_val, y, y_val, sample_weight = self._split(X, y, sample_weight)
+            X, X_val, y, y_val, sample_weight, weight_val = self._split(X, y, sample_weight)
             validation = (X_val, y_val)
-        trainer.config = trainer.config.replace(
-            epochs=trainer.epoch + epochs, batch_size=self._batch_size(X.shape[0])
-        )
-        stopper = _Stopper(self, validation)
+        self._configure(trainer, X, sample_weight, incremental)
+        epoch_end, first_epoch = _EpochEnd(self, X.shape[0], validation, weight_val), trainer.epoch
         trainer.fit(X, y, validation_data=validation, sample_weight=sample_weight,
-                    callbacks=[stopper])  # fmt: skip
-        self._record(trainer, stopper, warn=not incremental)
+                    callbacks=[epoch_end])  # fmt: skip
+        self._record(trainer, epoch_end, trainer.epoch - first_epoch, warn=not incremental)
         return self
 
-    def _start(self, X, sample_weight) -> None:
+    def _start(self, X) -> None:
         seed = _seed(self.random_state)
-        # scikit-learn's alpha penalises alpha / (2 sum(w)) * sum(W**2) in a batch of weights w
-        # (its size without weights), where l2 here is per batch; and its weights start
-        # Glorot-uniform for every activation.
-        mean_weight = float(namespace(sample_weight).mean(sample_weight))
-        l2 = self.alpha / (self._batch_size(X.shape[0]) * mean_weight)
+        # scikit-learn's weights start Glorot-uniform for every activation.
         model = MLP([X.shape[1], *_sizes(self.hidden_layer_sizes), self._n_outputs],
-                    activation=self.activation, loss=self._loss, dropout=self.dropout, l2=l2,
+                    activation=ACTIVATIONS.get(self.activation, self.activation),
+                    loss=self._loss, dropout=self.dropout,
                     init="glorot", device=device_spec_of(X) or self.device,
                     dtype=self._dtype_of(X), seed=seed)  # fmt: skip
-        config = TrainConfig(optimizer=self.optimizer, lr=self.learning_rate_init,
-                             schedule=self.schedule, clip_norm=self.clip_norm,
-                             shuffle=bool(self.shuffle), seed=seed, epochs=0)  # fmt: skip
-        self._trainer = Trainer(model, config)
+        config = TrainConfig(optimizer=self._optimizer_name(), lr=self.learning_rate_init,
+                             momentum=self.momentum, betas=(self.beta_1, self.beta_2),
+                             eps=self.epsilon, schedule=self.schedule, seed=seed, epochs=0)  # fmt: skip
+        self._trainer, self._fit_spec = Trainer(model, config), device_spec_of(X)
         self.loss_curve_, self.validation_scores_ = [], [] if self.early_stopping else None
         self.best_loss_ = np.inf if not self.early_stopping else None
         self.best_validation_score_ = -np.inf if self.early_stopping else None
-        self._no_improvement = 0
+        self._no_improvement, self.t_ = 0, 0
 
-    def _record(self, trainer: Trainer, stopper, *, warn: bool) -> None:
-        if stopper.best_params is not None:
-            trainer.model.load_state_dict(stopper.best_params)
-        self.n_iter_ = trainer.epoch
+    def _optimizer_name(self) -> str:
+        """xpmlp's optimizer: ``optimizer`` where given, else scikit-learn's ``solver``."""
+        if self.learning_rate not in ("constant", "invscaling", "adaptive"):
+            raise ValueError(f"learning_rate must be 'constant', 'invscaling' or 'adaptive'; "
+                             f"got {self.learning_rate!r}")  # fmt: skip
+        if self.optimizer is not None:
+            return self.optimizer
+        if self.solver == "sgd":
+            return (
+                "sgd"
+                if not self.momentum
+                else ("nesterov" if self.nesterovs_momentum else "momentum")
+            )
+        if self.solver != "adam":
+            raise ValueError(f"solver={self.solver!r} is not supported: xpmlp trains with "
+                             "minibatches; use solver='adam' or 'sgd' (or optimizer=...)")  # fmt: skip
+        return "adam"
+
+    def _configure(self, trainer: Trainer, X, sample_weight, incremental: bool) -> None:
+        """This call's settings, so that parameters set since the last fit take effect.
+
+        scikit-learn's alpha penalises ``alpha / (2 sum(w)) * sum(W**2)`` in a batch of weights
+        w (its size without weights); the model's l2 is per batch, so alpha is divided by the
+        batch size times the mean weight (the same for batches of equal weight sums).
+        """
+        batch = self._batch_size(X.shape[0])
+        trainer.model.l2 = self.alpha / (
+            batch * float(namespace(sample_weight).mean(sample_weight))
+        )
+        changes = dict(epochs=trainer.epoch + (1 if incremental else self.max_iter),
+                       batch_size=batch, clip_norm=self.clip_norm, shuffle=bool(self.shuffle))  # fmt: skip
+        if not incremental:  # partial_fit keeps the learning rate that learning_rate adapted
+            changes["lr"] = self.learning_rate_init
+        trainer.config = trainer.config.replace(**changes)
+
+    def _load_coefs(self, model: MLP) -> None:
+        """scikit-learn's warm start: from ``coefs_`` and ``intercepts_``, which may have been
+        set by hand (also before the first fit)."""
+        layers = range(model.n_layers)
+        if len(self.coefs_) != model.n_layers or len(self.intercepts_) != model.n_layers:
+            raise ValueError(f"coefs_ and intercepts_ need {model.n_layers} arrays each, one per "
+                             "layer, for this network")  # fmt: skip
+        state = {f"layers.{i}.weight": self.coefs_[i] for i in layers}
+        state |= {f"layers.{i}.bias": self.intercepts_[i] for i in layers}
+        try:
+            model.load_state_dict(state)
+        except CheckpointError as error:
+            raise ValueError(f"coefs_ and intercepts_ do not fit this network: {error}") from None
+
+    def _record(self, trainer: Trainer, epoch_end, epochs: int, *, warn: bool) -> None:
+        if epoch_end.best_params is not None:
+            trainer.model.load_state_dict(epoch_end.best_params)
+        self.n_iter_ = epochs  # in this call, as scikit-learn counts
         self.history_ = trainer.history
         model = trainer.model
         self.n_layers_ = model.n_layers + 1
@@ -161,7 +174,7 @@ class _BaseMLP(BaseEstimator):
         self.intercepts_ = [to_numpy(model.params[f"layers.{i}.bias"]).copy()
                             for i in range(model.n_layers)]  # fmt: skip
         self.loss_ = self.loss_curve_[-1]
-        if warn and not stopper.converged:
+        if warn and not epoch_end.converged:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                           "and the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)  # fmt: skip
 
@@ -173,8 +186,7 @@ class _BaseMLP(BaseEstimator):
         stratify = y if classify and len(np.unique(y)) > 1 else None
         parts = train_test_split(X, y, sample_weight, test_size=self.validation_fraction,
                                  random_state=_seed(self.random_state), stratify=stratify)  # fmt: skip
-        X, X_val, y, y_val, weight, _ = parts
-        return X, X_val, y, y_val, weight
+        return parts
 
     def _batch_size(self, n: int) -> int:
         if self.batch_size == "auto":
@@ -250,33 +262,59 @@ class _BaseMLP(BaseEstimator):
             self._trainer = _restore(saved)
 
 
-class _Stopper:
-    """scikit-learn's stopping rule, after every epoch: no improvement of the training loss (or
-    of the validation score with ``early_stopping``) by ``tol`` for ``n_iter_no_change`` epochs."""
+class _EpochEnd:
+    """scikit-learn's bookkeeping after every epoch: ``loss_curve_``, ``t_``, the validation
+    score; its learning-rate rules for SGD (``invscaling``; ``adaptive``: divided by 5 where it
+    would stop, until below 1e-6); and its stopping rule: no improvement of the training loss (or
+    the validation score) by ``tol`` for more than ``n_iter_no_change`` epochs."""
 
-    def __init__(self, estimator: _BaseMLP, validation):
-        self.estimator, self.validation = estimator, validation
+    def __init__(self, estimator: _BaseMLP, n_samples: int, validation, weight_val):
+        self.estimator, self.n_samples = estimator, n_samples
+        self.validation, self.weight_val = validation, weight_val
         self.best_params, self.converged = None, False
 
     def __call__(self, trainer: Trainer, record: dict) -> None:
-        est = self.estimator
-        loss = record["train_loss"]
+        est, loss = self.estimator, record["train_loss"]
         est.loss_curve_.append(loss)
+        est.t_ += self.n_samples
         if est.verbose:
             print(f"Iteration {record['epoch']}, loss = {loss:.8f}")
+        self._count_no_improvement(trainer, loss)
+        sgd = trainer.config.optimizer in SGD_OPTIMIZERS
+        if sgd and est.learning_rate == "invscaling":
+            _set_lr(trainer, est.learning_rate_init / (est.t_ + 1) ** est.power_t)
+        if est._no_improvement <= est.n_iter_no_change:
+            return
+        what = "Validation score" if self.validation else "Training loss"
+        message = (f"{what} did not improve more than tol={est.tol:f} for "
+                   f"{est.n_iter_no_change} consecutive epochs.")  # fmt: skip
+        if sgd and est.learning_rate == "adaptive" and trainer.config.lr > 1e-6:
+            _set_lr(trainer, trainer.config.lr / 5)
+            est._no_improvement = 0
+            message += f" Setting learning rate to {trainer.config.lr:f}"
+        else:
+            self.converged = trainer.stop_requested = True
+            message += " Stopping."
+        if est.verbose:
+            print(message)
+
+    def _count_no_improvement(self, trainer: Trainer, loss: float) -> None:
+        est = self.estimator
         if self.validation is not None:
-            score = est._validation_score(trainer, *self.validation)
+            score = est._validation_score(trainer, *self.validation, self.weight_val)
             est.validation_scores_.append(score)
-            improved = score > est.best_validation_score_ + est.tol
+            improved = score >= est.best_validation_score_ + est.tol
             if score > est.best_validation_score_:
                 est.best_validation_score_ = score
                 self.best_params = trainer.model.state_dict()
         else:
-            improved = loss < est.best_loss_ - est.tol
+            improved = loss <= est.best_loss_ - est.tol
             est.best_loss_ = min(est.best_loss_, loss)
         est._no_improvement = 0 if improved else est._no_improvement + 1
-        if est._no_improvement > est.n_iter_no_change:
-            self.converged = trainer.stop_requested = True
+
+
+def _set_lr(trainer: Trainer, lr: float) -> None:
+    trainer.config = trainer.config.replace(lr=lr)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
@@ -290,21 +328,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     _loss = "cross_entropy"
     _y_rules = {}
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, alpha=0.0001,
-                 batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, verbose=False, warm_start=False,
-                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
-                 device="cpu", dtype="auto", optimizer="adam", schedule="constant",
-                 dropout=0.0, clip_norm=None, class_weight=None):  # fmt: skip
-        super().__init__(hidden_layer_sizes, activation, alpha=alpha, batch_size=batch_size,
-                         learning_rate_init=learning_rate_init, max_iter=max_iter,
-                         shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
-                         warm_start=warm_start, early_stopping=early_stopping,
-                         validation_fraction=validation_fraction,
-                         n_iter_no_change=n_iter_no_change, device=device, dtype=dtype,
-                         optimizer=optimizer, schedule=schedule, dropout=dropout,
-                         clip_norm=clip_norm)  # fmt: skip
-        self.class_weight = class_weight
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, device="cpu",
+                 dtype="auto", optimizer=None, schedule="constant", dropout=0.0,
+                 clip_norm=None, class_weight=None):  # fmt: skip
+        vars(self).update({name: value for name, value in locals().items() if name != "self"})
 
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y); the first call needs ``classes`` (every label there will be)."""
@@ -333,9 +365,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             sample_weight = sample_weight * arrays.as_X(X, per_sample)
         return X, index, sample_weight
 
-    def _validation_score(self, trainer, X_val, y_val) -> float:
+    def _validation_score(self, trainer, X_val, y_val, weight) -> float:
         predicted = np.argmax(to_numpy(trainer.model.outputs(X_val)), axis=1)
-        return float(np.mean(predicted == to_numpy(y_val)))
+        return float(accuracy_score(to_numpy(y_val), predicted, sample_weight=to_numpy(weight)))
 
     def score(self, X, y, sample_weight=None):
         """The (weighted) accuracy of :meth:`predict` on (X, y), a float."""
@@ -377,11 +409,23 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     _loss = "half_mse"  # scikit-learn's squared error: half the mean of squares
     _y_rules = {"multi_output": True, "y_numeric": True}
 
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss="squared_error",
+                 solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
+                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, device="cpu",
+                 dtype="auto", optimizer=None, schedule="constant", dropout=0.0,
+                 clip_norm=None):  # fmt: skip
+        vars(self).update({name: value for name, value in locals().items() if name != "self"})
+
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y)."""
         return self._partial_fit(X, y, sample_weight)
 
     def _validate(self, X, y, sample_weight, *, reset: bool, classes=None):
+        if self.loss != "squared_error":
+            raise ValueError(f"loss={self.loss!r} is not supported; use 'squared_error'")
         X, y = self._check_X(X, reset=reset, y=y, fit=True)
         xp = namespace(y)
         if y.ndim == 2 and y.shape[1] == 1:
@@ -392,8 +436,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             self._n_outputs = y.shape[1]
         return X, xp.astype(y, X.dtype), self._check_weights(sample_weight, X)
 
-    def _validation_score(self, trainer, X_val, y_val) -> float:
-        return float(r2_score(to_numpy(y_val), to_numpy(trainer.model.outputs(X_val))))
+    def _validation_score(self, trainer, X_val, y_val, weight) -> float:
+        outputs = to_numpy(trainer.model.outputs(X_val))
+        return float(r2_score(to_numpy(y_val), outputs, sample_weight=to_numpy(weight)))
 
     def score(self, X, y, sample_weight=None):
         """The (weighted) coefficient of determination R² of :meth:`predict` on (X, y)."""
@@ -425,8 +470,6 @@ def _seed(random_state) -> int:
 
 def _restore(saved: dict) -> Trainer:
     """A pickled estimator's trainer, on its device where it exists, else on the CPU."""
-    from .errors import DeviceError
-
     try:
         model = MLP.from_config(saved["model"], device=saved["device"])
     except DeviceError:

@@ -93,9 +93,9 @@ def check_weights(sample_weight, X):
 
 
 def split(X, y, sample_weight, fraction: float, seed: int):
-    """``(X, X_val, y, y_val, sample_weight)`` for a device X: a seeded permutation (not
-    stratified), with ``round(n * fraction)`` rows (at least one) held out, gathered on X's
-    device."""
+    """``(X, X_val, y, y_val, sample_weight, sample_weight_val)`` for a device X: a seeded
+    permutation (not stratified), with ``round(n * fraction)`` rows (at least one) held out,
+    gathered on X's device."""
     xp, n = namespace(X), X.shape[0]
     order = np.random.default_rng(seed).permutation(n)
     cut = max(1, int(round(n * fraction)))
@@ -106,4 +106,4 @@ def split(X, y, sample_weight, fraction: float, seed: int):
         return xp.take(array, index, axis=0)
 
     return (take(X, train), take(X, val), take(y, train), take(y, val),
-            take(sample_weight, train))  # fmt: skip
+            take(sample_weight, train), take(sample_weight, val))  # fmt: skip
