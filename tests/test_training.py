@@ -17,6 +17,7 @@ from xpmlp import (
     DataError,
     DivergedError,
     NonFiniteError,
+    TrainConfig,
     Trainer,
     evaluate,
     fit,
@@ -380,3 +381,32 @@ def test_bad_training_data(backend):
         fit(
             model, np.zeros((4, 3)), np.zeros(4, dtype=np.int64), validation_data=(np.zeros(3), [0])
         )
+
+
+def test_sample_weights_are_checked_on_the_device(backend, make_problem):
+    X, y = make_problem(n=16)
+    model = MLP([3, 4, 2], device=backend, dtype="float64", seed=0)
+    trainer = Trainer(model, TrainConfig(batch_size=8, epochs=1))
+    bad = {
+        "shape": np.ones(15),
+        "NaN": np.r_[np.ones(15), np.nan],
+        "negative": np.r_[np.ones(15), -1.0],
+    }
+    for weights in bad.values():
+        for given in (weights, backend.asarray(weights, "float64")):
+            with pytest.raises(DataError, match="sample_weight must be 16 finite values >= 0"):
+                trainer.fit(X, y, sample_weight=given)
+    with pytest.raises(DataError, match="zero everywhere"):
+        trainer.fit(X, y, sample_weight=backend.asarray(np.zeros(16), "float64"))
+    assert trainer.epoch == 0
+
+
+def test_equal_sample_weights_train_as_none(backend, make_problem):
+    X, y = make_problem(n=16)
+    runs = []
+    for weights in (None, backend.asarray(np.full(16, 3.0), "float64")):
+        model = MLP([3, 4, 2], device=backend, dtype="float64", seed=0)
+        Trainer(model, TrainConfig(batch_size=8, epochs=2)).fit(X, y, sample_weight=weights)
+        runs.append(model.state_dict())
+    for name in runs[0]:
+        np.testing.assert_allclose(runs[1][name], runs[0][name], rtol=1e-12, atol=1e-14)

@@ -289,12 +289,21 @@ class Trainer:
             return None
         if self.config.grad_shards > 1 or self.comm.size > 1:
             raise ConfigError("sample weights are not supported with gradient shards or MPI yet")
-        host = np.asarray(to_numpy(weights), dtype=np.float64)
-        if host.shape != (n,) or not np.all(np.isfinite(host)) or np.any(host < 0):
+        model, xp = self.model, self.model.xp
+        if model.backend.owns(weights):  # on the device already: checked there, one read
+            weights = xp.astype(weights, model.dtype, copy=False)
+        else:
+            weights = model.backend.asarray(np.asarray(to_numpy(weights), dtype=np.float64),
+                                            model.dtype)  # fmt: skip
+        if tuple(weights.shape) != (n,):
             raise DataError(f"sample_weight must be {n} finite values >= 0")
-        if not host.any():
+        valid = xp.all(xp.isfinite(weights)) & xp.all(weights >= 0)
+        valid, nonzero = to_numpy(xp.stack([valid, xp.any(weights != 0)])).tolist()
+        if not valid:
+            raise DataError(f"sample_weight must be {n} finite values >= 0")
+        if not nonzero:
             raise DataError("sample_weight is zero everywhere: nothing to learn from")
-        return self.model.backend.asarray(host, self.model.dtype)
+        return weights
 
     def _probe_batch(self, X, y):
         """The fixed rows health is measured on; their scale and, before training, their loss
