@@ -66,3 +66,23 @@ def test_the_scikit_learn_comparison_runs(fashion_dir, tmp_path):
     assert set(results["accuracy"]) == set(results["seconds"]) == names
     assert all(accuracy > 0.6 for accuracy in results["accuracy"].values()), results["accuracy"]
     assert "| xpmlp.sklearn | float32 |" in done.stdout
+
+
+@pytest.mark.realdata
+def test_the_scikit_learn_comparison_on_a_gpu(fashion_dir, tmp_path, cupy_standin, monkeypatch):
+    import importlib.util
+
+    pytest.importorskip("sklearn")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "sklearn_compare.py"
+    spec = importlib.util.spec_from_file_location("sklearn_compare", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = tmp_path / "compare.json"
+    monkeypatch.setattr("sys.argv", ["sklearn_compare.py", "--device", "gpu", "--rows", "600",
+                                     "--epochs", "2", "--repeats", "1", "--json", str(report)])  # fmt: skip
+    launches = cupy_standin.launches
+    assert module.main() == 0
+    assert cupy_standin.launches > launches  # ours trained on the (stand-in) GPU
+    results = json.loads(report.read_text())
+    assert results["settings"]["device"] == "gpu"
+    assert all(accuracy > 0.3 for accuracy in results["accuracy"].values()), results["accuracy"]
