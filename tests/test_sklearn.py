@@ -306,3 +306,24 @@ def test_the_readme_example_runs(capsys):
     code = section.split("```python\n")[1].split("```")[0]
     exec(compile(code, "README.md", "exec"), {})
     assert "mlpclassifier__hidden_layer_sizes" in capsys.readouterr().out
+
+
+BAD_PARAMETERS = [
+    ({"max_iter": 0}, "'max_iter' parameter of MLPClassifier must be an int in the range"),
+    ({"alpha": -1.0}, "'alpha' parameter"),
+    ({"batch_size": 0}, "'batch_size' parameter"),
+    ({"tol": -1.0}, "'tol' parameter"),
+    ({"n_iter_no_change": 0}, "'n_iter_no_change' parameter"),
+    ({"early_stopping": True, "validation_fraction": 1.0}, "'validation_fraction' parameter"),
+    ({"solver": "lbfgs"}, "solver='lbfgs' is not supported"),
+    ({"activation": "softmax"}, "unknown activation 'softmax'"),
+    ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+]
+
+
+@pytest.mark.parametrize(("parameters", "message"), BAD_PARAMETERS)
+def test_bad_parameters_are_refused_with_one_clear_error(iris, parameters, message):
+    # scikit-learn's own checks for the parameters it shares with us, xpmlp's for the rest
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        MLPClassifier(**parameters).fit(*iris)

@@ -119,7 +119,7 @@ def test_solvers_xpmlp_does_not_have_are_refused_in_one_line(data):
     X, labels, _ = data
     with pytest.raises(ValueError, match="solver='lbfgs' is not supported"):
         ours.MLPClassifier(solver="lbfgs").fit(X, labels)
-    with pytest.raises(ValueError, match="learning_rate must be"):
+    with pytest.raises(ValueError, match="'learning_rate' parameter"):
         ours.MLPClassifier(learning_rate="optimal").fit(X, labels)
 
 

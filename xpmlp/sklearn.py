@@ -19,6 +19,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier as SklearnClassifier
+from sklearn.neural_network import MLPRegressor as SklearnRegressor
 from sklearn.utils._array_api import move_to
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
@@ -43,6 +45,15 @@ SEED_LIMIT = 2**31 - 1
 
 SGD_OPTIMIZERS = ("sgd", "momentum", "nesterov")  # those scikit-learn's learning_rate adapts
 ACTIVATIONS = {"logistic": "sigmoid"}  # scikit-learn's names that are not xpmlp's
+
+
+def _shared_constraints(theirs) -> dict:
+    """scikit-learn's own checks of its parameters, but for ``activation``, where xpmlp has more
+    (its own check names them), and ``max_fun``, which xpmlp does not take."""
+    constraints = getattr(theirs, "_parameter_constraints", {})
+    return {
+        name: rule for name, rule in constraints.items() if name not in ("activation", "max_fun")
+    }
 
 
 class _BaseMLP(BaseEstimator):
@@ -74,6 +85,7 @@ class _BaseMLP(BaseEstimator):
 
     @on_device_of_X
     def _fit(self, X, y, sample_weight, *, reset: bool, classes=None, incremental=False):
+        self._validate_params()  # scikit-learn's checks of the parameters it shares with us
         if sklearn.get_config()["array_api_dispatch"] and device_spec_of(X) is not None:
             # y and sample_weight follow X's namespace and device
             y, sample_weight = move_to(y, sample_weight, xp=namespace(X), device=X.device)
@@ -114,9 +126,6 @@ class _BaseMLP(BaseEstimator):
 
     def _optimizer_name(self) -> str:
         """xpmlp's optimizer: ``optimizer`` where given, else scikit-learn's ``solver``."""
-        if self.learning_rate not in ("constant", "invscaling", "adaptive"):
-            raise ValueError(f"learning_rate must be 'constant', 'invscaling' or 'adaptive'; "
-                             f"got {self.learning_rate!r}")  # fmt: skip
         if self.optimizer is not None:
             return self.optimizer
         if self.solver == "sgd":
@@ -327,6 +336,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     _loss = "cross_entropy"
     _y_rules = {}
+    _parameter_constraints = _shared_constraints(SklearnClassifier)
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -408,6 +418,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _loss = "half_mse"  # scikit-learn's squared error: half the mean of squares
     _y_rules = {"multi_output": True, "y_numeric": True}
+    _parameter_constraints = _shared_constraints(SklearnRegressor)
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, loss="squared_error",
                  solver="adam", alpha=0.0001, batch_size="auto", learning_rate="constant",
