@@ -327,3 +327,16 @@ def test_bad_parameters_are_refused_with_one_clear_error(iris, parameters, messa
     # scikit-learn's own checks for the parameters it shares with us, xpmlp's for the rest
     with pytest.raises((ValueError, RuntimeError), match=message):
         MLPClassifier(**parameters).fit(*iris)
+
+
+def test_numpy_in_device_gpu_trains_there_and_answers_in_numpy(cupy_standin, iris):
+    X, y = iris
+    settings = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
+    on_gpu = MLPClassifier(device="gpu", **settings).fit(X, y)
+    on_cpu = MLPClassifier(**settings).fit(X, y)
+    assert on_gpu._trainer.model.backend.spec == "cuda:0" and cupy_standin.launches > 0
+    for method in ("predict", "predict_proba"):
+        answer = getattr(on_gpu, method)(X)
+        assert isinstance(answer, np.ndarray)
+        np.testing.assert_array_equal(answer, getattr(on_cpu, method)(X))
+    assert on_gpu.score(X, y) == on_cpu.score(X, y)
