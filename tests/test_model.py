@@ -55,6 +55,9 @@ def _torch_loss_and_grads(model: MLP, X: np.ndarray, y: np.ndarray, masks: list)
                 a = a * torch.tensor(to_numpy(masks[i]), dtype=torch.float64)
     if model.loss_name == "cross_entropy":
         loss = F.cross_entropy(z, torch.tensor(y))
+    elif model.loss_name == "binary_cross_entropy":
+        targets = torch.tensor(y, dtype=torch.float64)
+        loss = F.binary_cross_entropy_with_logits(z, targets, reduction="sum") / z.shape[0]
     else:
         loss = torch.nn.MSELoss(reduction="mean")(z, torch.tensor(y, dtype=torch.float64))
         loss = loss / 2 if model.loss_name == "half_mse" else loss

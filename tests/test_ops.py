@@ -33,7 +33,7 @@ def _lse(logits: np.ndarray) -> np.ndarray:
 
 def test_registry_is_complete():
     assert set(ops.ACTIVATIONS) == set(REFERENCE)
-    assert set(ops.LOSSES) == {"cross_entropy", "mse", "half_mse"}
+    assert set(ops.LOSSES) == {"cross_entropy", "mse", "half_mse", "binary_cross_entropy"}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
@@ -144,6 +144,20 @@ def test_mse_is_mean_over_all_elements(backend):
     )  # scikit-learn's squared error
     assert float(to_numpy(half)) == pytest.approx(21.5 / 12, rel=1e-15)
     np.testing.assert_allclose(to_numpy(half_grad), (outputs - targets) / 6, rtol=1e-15)
+
+
+def test_binary_cross_entropy_by_hand_and_at_huge_logits(backend):
+    logits = np.array([[0.0, 2.0], [-1.0, 1e4], [-1e4, 3.0]])
+    targets = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    loss, grad = ops.binary_cross_entropy(
+        backend.xp, backend.asarray(logits, "float64"), backend.asarray(targets, "float64")
+    )
+    p = 1 / (1 + np.exp(-np.clip(logits, -700, 700)))
+    # Huge logits with the matching target contribute 0 (log(1 + e^-10000) underflows to 0).
+    terms = [-np.log(p[0, 0]), -np.log(1 - p[0, 1]), -np.log(1 - p[1, 0]), 0.0, 0.0,
+             -np.log(p[2, 1])]  # fmt: skip
+    assert float(to_numpy(loss)) == pytest.approx(sum(terms) / 3, rel=1e-14)
+    np.testing.assert_allclose(to_numpy(grad), (p - targets) / 3, rtol=1e-14, atol=1e-300)
 
 
 @pytest.mark.parametrize("name", sorted(ops.LOSSES))

@@ -49,8 +49,9 @@ class MLP:
     activation : str
         Hidden-layer activation: relu, leaky_relu, tanh, sigmoid, gelu or identity.
     loss : str
-        ``cross_entropy`` (softmax output, integer labels), ``mse`` (identity output), or
-        ``half_mse`` (half of it, scikit-learn's squared error).
+        ``cross_entropy`` (softmax output, integer labels), ``mse`` (identity output),
+        ``half_mse`` (half of it, scikit-learn's squared error), or ``binary_cross_entropy``
+        (sigmoid outputs against 0/1 targets: binary and multilabel classification).
     dropout : float
         Inverted-dropout rate on every hidden layer's output, in [0, 1).
     l2 : float

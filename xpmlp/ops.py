@@ -172,10 +172,26 @@ def half_mean_squared_error(xp, outputs, targets):
     return loss / 2, grad / 2
 
 
+def _binary_cross_entropy_terms(xp, logits, targets):
+    # -t log(sigmoid(z)) - (1 - t) log(1 - sigmoid(z)) = max(z, 0) - t z + log(1 + exp(-|z|)),
+    # which never overflows.
+    return xp.maximum(logits, 0.0) - targets * logits + xp.log1p(xp.exp(-xp.abs(logits)))
+
+
+def binary_cross_entropy(xp, logits, targets):
+    """Cross-entropy of sigmoid outputs against 0/1 targets, one per output (binary or
+    multilabel classification), summed over outputs and averaged over samples as scikit-learn's
+    binary log-loss; computed from the logits. Returns the loss and its gradient."""
+    n = logits.shape[0]
+    total = xp.sum(_binary_cross_entropy_terms(xp, logits, targets))
+    return total / n, (_sigmoid(xp, logits) - targets) / n
+
+
 LOSSES = {
     "cross_entropy": softmax_cross_entropy,
     "mse": mean_squared_error,
     "half_mse": half_mean_squared_error,
+    "binary_cross_entropy": binary_cross_entropy,
 }
 
 
@@ -196,6 +212,9 @@ def weighted_loss(xp, name: str, outputs, targets, weights):
     if name == "cross_entropy":
         per_sample = -xp.sum(targets * log_softmax(xp, outputs), axis=1)
         _, grad = softmax_cross_entropy(xp, outputs, targets)
+    elif name == "binary_cross_entropy":
+        per_sample = xp.sum(_binary_cross_entropy_terms(xp, outputs, targets), axis=1)
+        _, grad = binary_cross_entropy(xp, outputs, targets)
     else:
         diff = outputs - targets
         half = 0.5 if name == "half_mse" else 1.0
