@@ -23,7 +23,7 @@ LAYERS = {
     "config": 6, "runs": 6, "distributed": 6,
     "training": 7,
     "fitting": 8, "prepare": 8, "sklearn_arrays": 8,
-    "cli": 9, "__init__": 9, "sklearn": 9, "__main__": 10,
+    "cli": 9, "__init__": 9, "sklearn_labels": 9, "sklearn": 10, "__main__": 11,
 }  # fmt: skip
 DEVICE_LIBRARIES = {"cupy", "torch", "array_api_strict"}
 

@@ -164,6 +164,11 @@ DEVICE_FITS = {
     "balanced": dict(estimator=MLPClassifier, y="device", class_weight="balanced"),
     "targets": dict(estimator=MLPRegressor, y="device", weights="device"),
     "host targets": dict(estimator=MLPRegressor, y="host"),
+    "two classes": dict(estimator=MLPClassifier, y="device", weights="device", labels="binary"),
+    "balanced, two classes": dict(estimator=MLPClassifier, y="device", labels="binary",
+                                  class_weight="balanced"),
+    "multilabel": dict(estimator=MLPClassifier, y="device", labels="multilabel"),
+    "host multilabel": dict(estimator=MLPClassifier, y="host", labels="multilabel"),
 }  # fmt: skip
 
 
@@ -178,6 +183,10 @@ def test_a_fit_on_device_arrays_is_the_fit_on_host_arrays(cupy_standin, iris, ca
     X, y = iris
     X = X.astype(np.float32)
     y = y if case["estimator"] is MLPClassifier else y.astype(np.float32)
+    if case.get("labels") == "binary":
+        y = (y == 2).astype(np.int64)
+    if case.get("labels") == "multilabel":
+        y = np.stack([y == 0, X[:, 0] > 0, X[:, 1] > 0], axis=1).astype(np.int64)
     weights = np.random.default_rng(0).uniform(0.5, 2.0, size=len(y)).astype(np.float32)
     settings = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
     if "class_weight" in case:
@@ -340,3 +349,23 @@ def test_numpy_in_device_gpu_trains_there_and_answers_in_numpy(cupy_standin, iri
         assert isinstance(answer, np.ndarray)
         np.testing.assert_array_equal(answer, getattr(on_cpu, method)(X))
     assert on_gpu.score(X, y) == on_cpu.score(X, y)
+
+
+def test_two_classes_and_multilabel_have_sigmoid_outputs_as_scikit_learns(iris):
+    X, y = iris
+    binary = MLPClassifier(hidden_layer_sizes=(8,), max_iter=20, random_state=0)
+    binary.fit(X, np.where(y == 2, "b", "a"))
+    assert binary.coefs_[-1].shape == (8, 1) and binary.out_activation_ == "logistic"
+    proba = binary.predict_proba(X)
+    assert proba.shape == (150, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert set(binary.predict(X)) <= {"a", "b"}
+    indicator = np.stack([y == 0, X[:, 0] > 0], axis=1).astype(int)
+    multilabel = MLPClassifier(hidden_layer_sizes=(8,), max_iter=20, random_state=0)
+    multilabel.fit(X, indicator)
+    assert multilabel.predict(X).shape == (150, 2) and multilabel.predict_proba(X).shape == (150, 2)
+    assert list(multilabel.classes_) == [0, 1] and multilabel.n_outputs_ == 2
+    with pytest.raises(ValueError, match="indicator matrix of 2 columns, as in fit"):
+        multilabel.partial_fit(X, indicator[:, :1].repeat(3, axis=1))
+    with pytest.raises(ValueError, match="indicator matrix of 0s and 1s"):
+        MLPClassifier().fit(X, indicator * 2)

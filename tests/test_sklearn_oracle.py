@@ -43,6 +43,20 @@ def data():
     return X, y, X[:, :2] @ np.array([1.0, -2.0]) + 0.1
 
 
+@pytest.fixture(scope="module")
+def problems(data):
+    """(estimator, y): three classes (softmax outputs), two (one sigmoid output), a multilabel
+    indicator matrix (a sigmoid output per label), and regression."""
+    X, labels, targets = data
+    indicator = np.stack([labels == 0, X[:, 0] > 0, X[:, 1] > 0], axis=1).astype(int)
+    return {
+        "three classes": ("MLPClassifier", labels),
+        "two classes": ("MLPClassifier", np.where(labels == 2, "virginica", "other")),
+        "multilabel": ("MLPClassifier", indicator),
+        "regression": ("MLPRegressor", targets),
+    }
+
+
 def _start(n_in: int, n_out: int) -> tuple[list, list]:
     generator = np.random.default_rng(0)
     sizes = [n_in, 6, 5, n_out]
@@ -51,11 +65,10 @@ def _start(n_in: int, n_out: int) -> tuple[list, list]:
 
 
 def _both(kind: str, settings: dict, X, y, sample_weight=None, epochs: int = 12):
-    n_out = len(np.unique(y)) if kind == "MLPClassifier" else 1
-    coefs, intercepts = _start(X.shape[1], n_out)
     common = dict(hidden_layer_sizes=(6, 5), batch_size=len(X), shuffle=False, warm_start=True,
                   random_state=0, **{"tol": 0.0, "n_iter_no_change": 1000, **settings})  # fmt: skip
     theirs = getattr(neural_network, kind)(max_iter=1, **common).fit(X, y)
+    coefs, intercepts = _start(X.shape[1], theirs.n_outputs_)
     theirs.t_, theirs.loss_curve_, theirs.best_loss_, theirs._no_improvement_count = (
         0,
         [],
@@ -79,12 +92,18 @@ def _assert_same(mine, theirs):
     assert mine.best_loss_ == pytest.approx(theirs.best_loss_, rel=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["MLPClassifier", "MLPRegressor"])
+@pytest.mark.parametrize("problem", ["three classes", "two classes", "multilabel", "regression"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_the_same_steps_as_scikit_learn(data, kind, case):
-    X, labels, targets = data
-    mine, theirs = _both(kind, case, X, labels if kind == "MLPClassifier" else targets)
+def test_the_same_steps_as_scikit_learn(data, problems, problem, case):
+    kind, y = problems[problem]
+    mine, theirs = _both(kind, case, data[0], y)
     _assert_same(mine, theirs)
+    assert (mine.n_outputs_, mine.out_activation_) == (theirs.n_outputs_, theirs.out_activation_)
+    if kind == "MLPClassifier":
+        np.testing.assert_array_equal(mine.classes_, theirs.classes_)
+        np.testing.assert_array_equal(mine.predict(data[0]), theirs.predict(data[0]))
+        np.testing.assert_allclose(mine.predict_proba(data[0]), theirs.predict_proba(data[0]),
+                                   rtol=1e-9, atol=1e-12)  # fmt: skip
 
 
 def test_the_adaptive_rate_is_cut_until_training_stops(data):
@@ -97,12 +116,11 @@ def test_the_adaptive_rate_is_cut_until_training_stops(data):
     assert mine.history_[-1]["lr"] == pytest.approx(0.05 / 5**7)
 
 
-@pytest.mark.parametrize("kind", ["MLPClassifier", "MLPRegressor"])
-def test_sample_weights_and_alpha_as_scikit_learn(data, kind):
-    X, labels, targets = data
-    weights = np.random.default_rng(1).uniform(0.2, 3.0, size=len(X))
-    mine, theirs = _both(kind, {**SGD, "alpha": 0.05}, X,
-                         labels if kind == "MLPClassifier" else targets, sample_weight=weights)  # fmt: skip
+@pytest.mark.parametrize("problem", ["three classes", "two classes", "regression"])
+def test_sample_weights_and_alpha_as_scikit_learn(data, problems, problem):
+    kind, y = problems[problem]
+    weights = np.random.default_rng(1).uniform(0.2, 3.0, size=len(y))
+    mine, theirs = _both(kind, {**SGD, "alpha": 0.05}, data[0], y, sample_weight=weights)
     _assert_same(mine, theirs)
 
 

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import sklearn
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
@@ -23,11 +23,10 @@ from sklearn.neural_network import MLPClassifier as SklearnClassifier
 from sklearn.neural_network import MLPRegressor as SklearnRegressor
 from sklearn.utils._array_api import move_to
 from sklearn.utils.class_weight import compute_sample_weight
-from sklearn.utils.multiclass import check_classification_targets, unique_labels
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_is_fitted,
-    column_or_1d,
     validate_data,
 )
 
@@ -38,6 +37,7 @@ from .errors import CheckpointError, DeviceError
 from .model import MLP
 from .ops import log_softmax
 from .sklearn_arrays import namespace, on_device_of_X
+from .sklearn_labels import Labels
 from .training import Trainer
 
 SEED_LIMIT = 2**31 - 1
@@ -191,7 +191,7 @@ class _BaseMLP(BaseEstimator):
         if device_spec_of(X) is not None:
             return arrays.split(X, y, sample_weight, self.validation_fraction,
                                 _seed(self.random_state))  # fmt: skip
-        classify = self._loss == "cross_entropy" and isinstance(y, np.ndarray)
+        classify = is_classifier(self) and y.ndim == 1 and isinstance(y, np.ndarray)
         stratify = y if classify and len(np.unique(y)) > 1 else None
         parts = train_test_split(X, y, sample_weight, test_size=self.validation_fraction,
                                  random_state=_seed(self.random_state), stratify=stratify)  # fmt: skip
@@ -327,15 +327,15 @@ def _set_lr(trainer: Trainer, lr: float) -> None:
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """A multilayer perceptron classifier trained by xpmlp (softmax cross-entropy).
+    """A multilayer perceptron classifier trained by xpmlp: softmax outputs for three classes or
+    more, one sigmoid output for two, one per label for a multilabel indicator matrix y.
 
     Like ``sklearn.neural_network.MLPClassifier`` (see the module docstring), plus
     ``class_weight``: ``"balanced"`` or a dict ``{class: weight}``, multiplied into
     ``sample_weight``. Labels may be any values scikit-learn accepts, strings included.
     """
 
-    _loss = "cross_entropy"
-    _y_rules = {}
+    _y_rules = {"multi_output": True}  # a multilabel indicator matrix is 2-d
     _parameter_constraints = _shared_constraints(SklearnClassifier)
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
@@ -348,6 +348,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  clip_norm=None, class_weight=None):  # fmt: skip
         vars(self).update({name: value for name, value in locals().items() if name != "self"})
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True  # y may be an indicator matrix
+        return tags
+
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y); the first call needs ``classes`` (every label there will be)."""
         if classes is None and not hasattr(self, "_trainer"):
@@ -356,27 +361,26 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _validate(self, X, y, sample_weight, *, reset: bool, classes=None):
         X, y = self._check_X(X, reset=reset, y=y, fit=True)
+        y = arrays.ravel_column(y)
         if device_spec_of(y) is None:
             check_classification_targets(y)
-        xp = namespace(y)
         if reset:
-            labels = classes if classes is not None else y
-            self.classes_ = unique_labels(labels) if xp is np else xp.unique_values(labels)
-            self._n_outputs = self.classes_.shape[0]
-        index = (
-            xp.searchsorted(self.classes_, y) if xp is not np else np.searchsorted(self.classes_, y)
-        )
-        known = xp.take(self.classes_, xp.clip(index, 0, self._n_outputs - 1)) == y
-        if not bool(xp.all(known)):
-            raise ValueError(f"y has labels that are not in classes_ {self.classes_}")
+            self._labels = Labels.fit(y, classes)
+            self.classes_, self._loss = self._labels.classes, self._labels.loss
+            self._n_outputs, self.out_activation_ = (
+                self._labels.n_outputs,
+                self._labels.out_activation,
+            )
+        targets = self._labels.encode(y)
         sample_weight = self._check_weights(sample_weight, X)
         if self.class_weight is not None:  # from the labels, read back once
             per_sample = compute_sample_weight(self.class_weight, to_numpy(y))
             sample_weight = sample_weight * arrays.as_X(X, per_sample)
-        return X, index, sample_weight
+        return X, targets, sample_weight
 
     def _validation_score(self, trainer, X_val, y_val, weight) -> float:
-        predicted = np.argmax(to_numpy(trainer.model.outputs(X_val)), axis=1)
+        model = trainer.model
+        predicted = to_numpy(self._labels.decode(model.outputs(X_val), model.xp))
         return float(accuracy_score(to_numpy(y_val), predicted, sample_weight=to_numpy(weight)))
 
     def score(self, X, y, sample_weight=None):
@@ -385,28 +389,28 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     @on_device_of_X
     def predict_proba(self, X):
-        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order."""
+        """Class probabilities, shape (n_samples, n_classes), columns in ``classes_`` order
+        (for multilabel y, each label's probability)."""
         outputs = self._outputs(X, "predict_proba")
-        xp = self._trainer.model.xp
-        return arrays.as_output(X, xp.exp(log_softmax(xp, outputs)))
+        return arrays.as_output(X, self._labels.probabilities(outputs, self._trainer.model.xp))
 
     @on_device_of_X
     def predict_log_proba(self, X):
-        """The logarithm of :meth:`predict_proba`, computed without underflow."""
+        """The logarithm of :meth:`predict_proba` (for softmax outputs, without underflow)."""
         outputs = self._outputs(X, "predict_log_proba")
-        return arrays.as_output(X, log_softmax(self._trainer.model.xp, outputs))
+        xp = self._trainer.model.xp
+        if self._labels.logistic:
+            return arrays.as_output(X, xp.log(self._labels.probabilities(outputs, xp)))
+        return arrays.as_output(X, log_softmax(xp, outputs))
 
     @on_device_of_X
     def predict(self, X):
-        """The most probable class of each row, as values of ``classes_``."""
+        """The most probable class of each row, as values of ``classes_`` (for multilabel y, the
+        indicator matrix of labels whose probability is above one half)."""
         outputs = self._outputs(X, "predict")
         xp = self._trainer.model.xp
-        index = xp.argmax(outputs, axis=1)
-        if not isinstance(self.classes_, np.ndarray):  # labels on the device already
-            return xp.take(self.classes_, index)
-        if device_spec_of(X) is not None and self.classes_.dtype.kind in "biuf":
-            return xp.take(xp.asarray(self.classes_, device=outputs.device), index)
-        return self.classes_[to_numpy(index)]
+        index = self._labels.decode(outputs, xp)
+        return arrays.as_output(X, self._labels.labels_of(index, xp, device_spec_of(X) is not None))
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
@@ -439,9 +443,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise ValueError(f"loss={self.loss!r} is not supported; use 'squared_error'")
         X, y = self._check_X(X, reset=reset, y=y, fit=True)
         xp = namespace(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = column_or_1d(y, warn=True)
-        self._single_output = y.ndim == 1
+        y = arrays.ravel_column(y)
+        self._single_output, self.out_activation_ = y.ndim == 1, "identity"
         y = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
         if reset:
             self._n_outputs = y.shape[1]

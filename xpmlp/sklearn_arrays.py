@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 
 import array_api_compat
 import numpy as np
+from sklearn.exceptions import DataConversionWarning
 
 from .backend import device_spec_of, get_backend, to_numpy
 
@@ -107,3 +109,13 @@ def split(X, y, sample_weight, fraction: float, seed: int):
 
     return (take(X, train), take(X, val), take(y, train), take(y, val),
             take(sample_weight, train), take(sample_weight, val))  # fmt: skip
+
+
+def ravel_column(y):
+    """A y of shape (n, 1) as shape (n,), with scikit-learn's warning; any other y as it is."""
+    if y.ndim != 2 or y.shape[1] != 1:
+        return y
+    warnings.warn("A column-vector y was passed when a 1d array was expected. Please change the "
+                  "shape of y to (n_samples,), for example using ravel().", DataConversionWarning,
+                  stacklevel=4)  # fmt: skip
+    return namespace(y).reshape(y, (-1,))
