@@ -60,7 +60,7 @@ def _torch_loss_and_grads(model: MLP, X: np.ndarray, y: np.ndarray, masks: list)
         loss = F.binary_cross_entropy_with_logits(z, targets, reduction="sum") / z.shape[0]
     else:
         loss = torch.nn.MSELoss(reduction="mean")(z, torch.tensor(y, dtype=torch.float64))
-        loss = loss / 2 if model.loss_name == "half_mse" else loss
+        loss = loss * z.shape[1] / 2 if model.loss_name == "half_squared_error" else loss
     for i in range(model.n_layers):
         loss = loss + model.l2 / 2 * torch.sum(params[f"layers.{i}.weight"] ** 2)
     loss.backward()

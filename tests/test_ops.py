@@ -33,7 +33,7 @@ def _lse(logits: np.ndarray) -> np.ndarray:
 
 def test_registry_is_complete():
     assert set(ops.ACTIVATIONS) == set(REFERENCE)
-    assert set(ops.LOSSES) == {"cross_entropy", "mse", "half_mse", "binary_cross_entropy"}
+    assert set(ops.LOSSES) == {"cross_entropy", "mse", "half_squared_error", "binary_cross_entropy"}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
@@ -139,11 +139,11 @@ def test_mse_is_mean_over_all_elements(backend):
     # over 6 elements: 3.583...; the gradient is 2 * diff / 6.
     assert float(to_numpy(loss)) == pytest.approx(21.5 / 6, rel=1e-15)
     np.testing.assert_allclose(to_numpy(grad), (outputs - targets) / 3, rtol=1e-15)
-    half, half_grad = ops.half_mean_squared_error(
+    half, half_grad = ops.half_squared_error(
         backend.xp, backend.asarray(outputs, "float64"), backend.asarray(targets, "float64")
     )  # scikit-learn's squared error
-    assert float(to_numpy(half)) == pytest.approx(21.5 / 12, rel=1e-15)
-    np.testing.assert_allclose(to_numpy(half_grad), (outputs - targets) / 6, rtol=1e-15)
+    assert float(to_numpy(half)) == pytest.approx(21.5 / 2 / 3, rel=1e-15)  # summed over outputs
+    np.testing.assert_allclose(to_numpy(half_grad), (outputs - targets) / 3, rtol=1e-15)
 
 
 def test_binary_cross_entropy_by_hand_and_at_huge_logits(backend):

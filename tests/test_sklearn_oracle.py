@@ -151,3 +151,16 @@ def test_every_parameter_of_scikit_learns_is_taken(data):
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         ours.MLPClassifier(max_iter=500, random_state=0).fit(*data[:2])  # converges, no warning
+
+
+@pytest.mark.parametrize("case", ["sgd", "nesterov", "invscaling"])
+def test_several_outputs_take_scikit_learns_steps(data, case):
+    # scikit-learn steps down the squared error summed over outputs but reports its mean over
+    # outputs; xpmlp reports the function it steps down: without alpha, twice scikit-learn's.
+    X, _, targets = data
+    y = np.stack([targets, np.tanh(X[:, 2])], axis=1)
+    mine, theirs = _both("MLPRegressor", {**CASES[case], "alpha": 0.0}, X, y)
+    np.testing.assert_allclose(mine.loss_curve_, 2 * np.array(theirs.loss_curve_), rtol=1e-12)
+    for a, b in zip(mine.coefs_ + mine.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(mine.predict(X), theirs.predict(X), rtol=1e-10)

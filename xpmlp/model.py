@@ -50,7 +50,7 @@ class MLP:
         Hidden-layer activation: relu, leaky_relu, tanh, sigmoid, gelu or identity.
     loss : str
         ``cross_entropy`` (softmax output, integer labels), ``mse`` (identity output),
-        ``half_mse`` (half of it, scikit-learn's squared error), or ``binary_cross_entropy``
+        ``half_squared_error`` (summed over outputs: scikit-learn's), ``binary_cross_entropy``
         (sigmoid outputs against 0/1 targets: binary and multilabel classification).
     dropout : float
         Inverted-dropout rate on every hidden layer's output, in [0, 1).

@@ -166,10 +166,12 @@ def mean_squared_error(xp, outputs, targets):
     return xp.sum(diff * diff) / count, diff * (2.0 / count)
 
 
-def half_mean_squared_error(xp, outputs, targets):
-    """Half of :func:`mean_squared_error` (scikit-learn's squared-error loss), and its gradient."""
-    loss, grad = mean_squared_error(xp, outputs, targets)
-    return loss / 2, grad / 2
+def half_squared_error(xp, outputs, targets):
+    """Half the squared error summed over outputs, averaged over samples, and its gradient
+    ``(outputs - targets) / n``: the function scikit-learn's MLPRegressor steps down (with one
+    output, half the mean squared error)."""
+    diff = outputs - targets
+    return 0.5 * xp.sum(diff * diff) / diff.shape[0], diff / diff.shape[0]
 
 
 def _binary_cross_entropy_terms(xp, logits, targets):
@@ -190,7 +192,7 @@ def binary_cross_entropy(xp, logits, targets):
 LOSSES = {
     "cross_entropy": softmax_cross_entropy,
     "mse": mean_squared_error,
-    "half_mse": half_mean_squared_error,
+    "half_squared_error": half_squared_error,
     "binary_cross_entropy": binary_cross_entropy,
 }
 
@@ -217,8 +219,10 @@ def weighted_loss(xp, name: str, outputs, targets, weights):
         _, grad = binary_cross_entropy(xp, outputs, targets)
     else:
         diff = outputs - targets
-        half = 0.5 if name == "half_mse" else 1.0
-        per_sample = half * xp.sum(diff * diff, axis=1) / diff.shape[1]
+        per_sample = xp.sum(diff * diff, axis=1)
+        per_sample = (
+            0.5 * per_sample if name == "half_squared_error" else per_sample / diff.shape[1]
+        )
         _, grad = get_loss(name)(xp, outputs, targets)
     share = weights / xp.sum(weights)
     return xp.sum(share * per_sample), grad * (share * n)[:, None]

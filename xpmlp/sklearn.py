@@ -420,7 +420,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     columns.
     """
 
-    _loss = "half_mse"  # scikit-learn's squared error: half the mean of squares
+    _loss = "half_squared_error"  # as scikit-learn's steps: summed over outputs
     _y_rules = {"multi_output": True, "y_numeric": True}
     _parameter_constraints = _shared_constraints(SklearnRegressor)
 
