@@ -55,6 +55,12 @@ def _torch_loss_and_grads(model: MLP, X: np.ndarray, y: np.ndarray, masks: list)
                 a = a * torch.tensor(to_numpy(masks[i]), dtype=torch.float64)
     if model.loss_name == "cross_entropy":
         loss = F.cross_entropy(z, torch.tensor(y))
+    elif model.loss_name == "half_poisson":
+        targets = torch.tensor(y, dtype=torch.float64)
+        nll = F.poisson_nll_loss(z, targets, log_input=True, full=False, reduction="sum")
+        positive = targets.clamp(min=0)  # y log y is 0 at y <= 0
+        y_log_y = torch.special.xlogy(positive, positive) - targets  # the deviance's constant
+        loss = (nll + y_log_y.sum()) / z.shape[0]
     elif model.loss_name == "binary_cross_entropy":
         targets = torch.tensor(y, dtype=torch.float64)
         loss = F.binary_cross_entropy_with_logits(z, targets, reduction="sum") / z.shape[0]

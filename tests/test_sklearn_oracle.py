@@ -164,3 +164,15 @@ def test_several_outputs_take_scikit_learns_steps(data, case):
     for a, b in zip(mine.coefs_ + mine.intercepts_, theirs.coefs_ + theirs.intercepts_):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(mine.predict(X), theirs.predict(X), rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["sgd", "sgd, alpha", "nesterov", "adaptive"])
+def test_poisson_regression_takes_scikit_learns_steps(data, case):
+    X = data[0]
+    counts = np.random.default_rng(2).poisson(np.exp(0.5 * X[:, 0] - 0.3 * X[:, 1])).astype(float)
+    mine, theirs = _both("MLPRegressor", {**CASES[case], "loss": "poisson"}, X, counts)
+    _assert_same(mine, theirs)
+    assert mine.out_activation_ == theirs.out_activation_ == "exp"
+    np.testing.assert_allclose(mine.predict(X), theirs.predict(X), rtol=1e-10)
+    with pytest.raises(ValueError, match="y >= 0"):
+        ours.MLPRegressor(loss="poisson").fit(X, counts - 1)

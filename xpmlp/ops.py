@@ -189,11 +189,27 @@ def binary_cross_entropy(xp, logits, targets):
     return total / n, (_sigmoid(xp, logits) - targets) / n
 
 
+def _half_poisson_terms(xp, logits, targets):
+    # Half the Poisson deviance of exp(z) against y: y log(y / exp(z)) - y + exp(z), with
+    # y log(y) = 0 at y = 0.
+    y_log_y = xp.where(targets > 0, targets * xp.log(xp.where(targets > 0, targets, 1.0)), 0.0)
+    return y_log_y - targets * logits - targets + xp.exp(logits)
+
+
+def half_poisson_deviance(xp, logits, targets):
+    """Half the Poisson deviance of the predictions ``exp(logits)`` (a log link) against
+    targets >= 0, summed over outputs and averaged over samples (scikit-learn's poisson loss),
+    and its gradient ``(exp(logits) - targets) / n``."""
+    n = logits.shape[0]
+    return xp.sum(_half_poisson_terms(xp, logits, targets)) / n, (xp.exp(logits) - targets) / n
+
+
 LOSSES = {
     "cross_entropy": softmax_cross_entropy,
     "mse": mean_squared_error,
     "half_squared_error": half_squared_error,
     "binary_cross_entropy": binary_cross_entropy,
+    "half_poisson": half_poisson_deviance,
 }
 
 
@@ -217,6 +233,9 @@ def weighted_loss(xp, name: str, outputs, targets, weights):
     elif name == "binary_cross_entropy":
         per_sample = xp.sum(_binary_cross_entropy_terms(xp, outputs, targets), axis=1)
         _, grad = binary_cross_entropy(xp, outputs, targets)
+    elif name == "half_poisson":
+        per_sample = xp.sum(_half_poisson_terms(xp, outputs, targets), axis=1)
+        _, grad = half_poisson_deviance(xp, outputs, targets)
     else:
         diff = outputs - targets
         per_sample = xp.sum(diff * diff, axis=1)

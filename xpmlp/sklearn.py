@@ -57,15 +57,8 @@ def _shared_constraints(theirs) -> dict:
 
 
 class _BaseMLP(BaseEstimator):
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
-                 alpha=0.0001, batch_size="auto", learning_rate="constant",
-                 learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
-                 random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
-                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, device="cpu",
-                 dtype="auto", optimizer=None, schedule="constant", dropout=0.0,
-                 clip_norm=None):  # fmt: skip
-        vars(self).update({name: value for name, value in locals().items() if name != "self"})
+    """What the two estimators share; each has its own ``__init__`` (scikit-learn reads the
+    parameters from its signature)."""
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -414,13 +407,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """A multilayer perceptron regressor trained by xpmlp (squared error, identity output).
+    """A multilayer perceptron regressor trained by xpmlp: squared error with identity outputs,
+    or (``loss="poisson"``) half the Poisson deviance with predictions ``exp(outputs)``.
 
     Like ``sklearn.neural_network.MLPRegressor`` (see the module docstring); y may have several
     columns.
     """
 
-    _loss = "half_squared_error"  # as scikit-learn's steps: summed over outputs
+    _losses = {
+        "squared_error": ("half_squared_error", "identity"),
+        "poisson": ("half_poisson", "exp"),
+    }
     _y_rules = {"multi_output": True, "y_numeric": True}
     _parameter_constraints = _shared_constraints(SklearnRegressor)
 
@@ -439,20 +436,25 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self._partial_fit(X, y, sample_weight)
 
     def _validate(self, X, y, sample_weight, *, reset: bool, classes=None):
-        if self.loss != "squared_error":
-            raise ValueError(f"loss={self.loss!r} is not supported; use 'squared_error'")
+        if self.loss not in self._losses:
+            raise ValueError(f"loss must be 'squared_error' or 'poisson'; got {self.loss!r}")
         X, y = self._check_X(X, reset=reset, y=y, fit=True)
         xp = namespace(y)
         y = arrays.ravel_column(y)
-        self._single_output, self.out_activation_ = y.ndim == 1, "identity"
+        if self.loss == "poisson" and bool(xp.any(y < 0)):
+            raise ValueError("loss='poisson' needs y >= 0 (counts, rates)")
         y = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
         if reset:
-            self._n_outputs = y.shape[1]
+            self._loss, self.out_activation_ = self._losses[self.loss]
+            self._n_outputs, self._single_output = y.shape[1], y.shape[1] == 1
         return X, xp.astype(y, X.dtype), self._check_weights(sample_weight, X)
 
+    def _predictions(self, outputs, xp):
+        return xp.exp(outputs) if self.out_activation_ == "exp" else outputs
+
     def _validation_score(self, trainer, X_val, y_val, weight) -> float:
-        outputs = to_numpy(trainer.model.outputs(X_val))
-        return float(r2_score(to_numpy(y_val), outputs, sample_weight=to_numpy(weight)))
+        predicted = to_numpy(self._predictions(trainer.model.outputs(X_val), trainer.model.xp))
+        return float(r2_score(to_numpy(y_val), predicted, sample_weight=to_numpy(weight)))
 
     def score(self, X, y, sample_weight=None):
         """The (weighted) coefficient of determination R² of :meth:`predict` on (X, y)."""
@@ -462,9 +464,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def predict(self, X):
         """Predicted values, shape (n_samples,) (or (n_samples, n_outputs) for several)."""
         outputs = self._outputs(X, "predict")
+        xp = self._trainer.model.xp
+        predicted = self._predictions(outputs, xp)
         if self._single_output:
-            outputs = self._trainer.model.xp.reshape(outputs, (-1,))
-        return arrays.as_output(X, outputs)
+            predicted = xp.reshape(predicted, (-1,))
+        return arrays.as_output(X, predicted)
 
 
 # ---------------------------------------------------------------------- helpers
