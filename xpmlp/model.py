@@ -49,10 +49,8 @@ class MLP:
     activation : str
         Hidden-layer activation: relu, leaky_relu, tanh, sigmoid, gelu or identity.
     loss : str
-        ``cross_entropy`` (softmax output, integer labels), ``mse`` (identity output),
-        ``half_squared_error`` (summed over outputs: scikit-learn's), ``binary_cross_entropy``
-        (sigmoid outputs against 0/1 targets: binary and multilabel classification), or
-        ``half_poisson`` (predictions exp(outputs) against counts, scikit-learn's poisson).
+        ``cross_entropy`` (softmax output, integer labels), ``mse`` (identity output), or one
+        of the others in :data:`xpmlp.ops.LOSSES` (float targets, one column per output).
     dropout : float
         Inverted-dropout rate on every hidden layer's output, in [0, 1).
     l2 : float
