@@ -410,3 +410,20 @@ def test_equal_sample_weights_train_as_none(backend, make_problem):
         runs.append(model.state_dict())
     for name in runs[0]:
         np.testing.assert_allclose(runs[1][name], runs[0][name], rtol=1e-12, atol=1e-14)
+
+
+def test_fit_passes_sample_weights_on_with_and_without_a_run_directory(tmp_path, make_problem):
+    X, y = make_problem(n=16)
+    weights = np.random.default_rng(0).integers(0, 3, 16).astype(float)
+    weights[0] = 1.0
+    results = []
+    for out in (None, tmp_path / "run"):
+        model = MLP([3, 4, 2], dtype="float64", seed=0)
+        fit(model, X, y, batch_size=16, epochs=3, out=out, sample_weight=weights, verbose=False)
+        results.append(model.state_dict())
+    repeated = MLP([3, 4, 2], dtype="float64", seed=0)  # integer weights: rows repeated
+    rows = np.repeat(np.arange(16), weights.astype(int))
+    fit(repeated, X[rows], y[rows], batch_size=len(rows), epochs=3, shuffle=False, verbose=False)
+    for name, value in repeated.state_dict().items():
+        np.testing.assert_allclose(results[0][name], value, rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(results[1][name], results[0][name])

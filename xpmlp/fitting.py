@@ -40,6 +40,7 @@ def fit(
     callbacks: Sequence[Callable] = (),
     verbose: bool | None = None,
     distributed=None,
+    sample_weight=None,
     **settings,
 ) -> list[dict]:
     """Train ``model`` on (X, y) with minibatch gradient descent; returns the per-epoch history.
@@ -73,6 +74,9 @@ def fit(
         communicator from :func:`xpmlp.distributed.communicator`: train data-parallel, each
         process on its slice of every batch (see :mod:`xpmlp.distributed`); every process calls
         ``fit`` with the same data and settings, and only rank 0 writes ``out`` and reports.
+    sample_weight : array of shape (n_samples,), optional
+        Weights of the samples' losses: a batch's loss is ``sum(w_i l_i) / sum(w)``. They are not
+        saved in ``out``: pass them again to resume.
     **settings
         :class:`~xpmlp.config.TrainConfig` fields (``optimizer``, ``lr``, ``batch_size``,
         ``epochs``, ``schedule``, ``seed``, ...), alone or overriding ``config``'s.
@@ -97,7 +101,8 @@ def fit(
     if out is None:
         try:
             return trainer.fit(X, y, validation_data=validation_data, test_data=test_data,
-                               callbacks=callbacks, on_batch=progress.on_batch)  # fmt: skip
+                               callbacks=callbacks, on_batch=progress.on_batch,
+                               sample_weight=sample_weight)  # fmt: skip
         finally:
             progress.close()
     run = RunDir(out, writer=comm.rank == 0)
@@ -114,7 +119,8 @@ def fit(
         try:
             return train_in_run(trainer, run, X, y, validation_data=validation_data,
                                 test_data=test_data, scaler=scaler, callbacks=callbacks,
-                                on_batch=progress.on_batch, notify=progress.message)  # fmt: skip
+                                on_batch=progress.on_batch, notify=progress.message,
+                                sample_weight=sample_weight)  # fmt: skip
         finally:
             progress.close()
 
@@ -155,7 +161,7 @@ def setting_conflicts(config: TrainConfig, saved: dict) -> list[tuple]:
 def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, test_data=None,
                  scaler: Scaler | None = None, classes=None, data: dict | None = None,
                  info: dict | None = None,
-                 callbacks: Sequence[Callable] = (), on_batch=None,
+                 callbacks: Sequence[Callable] = (), on_batch=None, sample_weight=None,
                  notify: Callable[[str], None] | None = None) -> list[dict]:  # fmt: skip
     """:meth:`Trainer.fit` that leaves a run directory behind: config, metrics, checkpoints, curves.
 
@@ -191,7 +197,8 @@ def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, t
         trainer.stop_signal = stop
         try:
             trainer.fit(X, y, validation_data=validation_data, test_data=test_data,
-                        callbacks=[after_epoch, *callbacks], on_batch=on_batch)  # fmt: skip
+                        callbacks=[after_epoch, *callbacks], on_batch=on_batch,
+                        sample_weight=sample_weight)  # fmt: skip
         except KeyboardInterrupt:
             save()
             raise
