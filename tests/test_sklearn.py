@@ -372,3 +372,15 @@ def test_two_classes_and_multilabel_have_sigmoid_outputs_as_scikit_learns(iris):
         multilabel.partial_fit(X, indicator[:, :1].repeat(3, axis=1))
     with pytest.raises(ValueError, match="indicator matrix of 0s and 1s"):
         MLPClassifier().fit(X, indicator * 2)
+
+
+def test_warnings_point_at_the_users_line(iris):
+    X, y = iris
+    with pytest.warns(ConvergenceWarning) as caught:
+        MLPClassifier(hidden_layer_sizes=(4,), max_iter=1).fit(X, y)
+    assert caught[0].filename == __file__
+    with pytest.warns(sklearn.exceptions.DataConversionWarning) as caught:
+        MLPClassifier(hidden_layer_sizes=(4,), max_iter=1).partial_fit(
+            X, y[:, None], classes=[0, 1, 2]
+        )
+    assert caught[0].filename == __file__

@@ -11,8 +11,6 @@ where training runs). Needs scikit-learn: ``pip install 'xpmlp[sklearn]'``.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
@@ -177,8 +175,11 @@ class _BaseMLP(BaseEstimator):
                             for i in range(model.n_layers)]  # fmt: skip
         self.loss_ = self.loss_curve_[-1]
         if warn and not epoch_end.converged:
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
-                          "and the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)  # fmt: skip
+            arrays.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                "the optimization hasn't converged yet.",
+                ConvergenceWarning,
+            )
 
     def _split(self, X, y, sample_weight):
         if device_spec_of(X) is not None:
@@ -471,9 +472,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return arrays.as_output(X, predicted)
 
 
-# ---------------------------------------------------------------------- helpers
-
-
 def _sizes(hidden) -> list[int]:
     return [int(hidden)] if np.isscalar(hidden) else [int(size) for size in hidden]
 
@@ -491,8 +489,9 @@ def _restore(saved: dict) -> Trainer:
     try:
         model = MLP.from_config(saved["model"], device=saved["device"])
     except DeviceError:
-        warnings.warn(f"{saved['device']} is not available here; the model is on the CPU",
-                      stacklevel=3)  # fmt: skip
+        arrays.warn(
+            f"{saved['device']} is not available here; the model is on the CPU", UserWarning
+        )
         model = MLP.from_config(saved["model"], device="cpu")
     trainer = Trainer(model, TrainConfig.from_dict(saved["trainer"]["meta"]["config"]))
     trainer.load_state_dict(saved["trainer"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import sys
 import warnings
 
 import array_api_compat
@@ -115,7 +117,18 @@ def ravel_column(y):
     """A y of shape (n, 1) as shape (n,), with scikit-learn's warning; any other y as it is."""
     if y.ndim != 2 or y.shape[1] != 1:
         return y
-    warnings.warn("A column-vector y was passed when a 1d array was expected. Please change the "
-                  "shape of y to (n_samples,), for example using ravel().", DataConversionWarning,
-                  stacklevel=4)  # fmt: skip
+    warn(
+        "A column-vector y was passed when a 1d array was expected. Please change the shape of "
+        "y to (n_samples,), for example using ravel().",
+        DataConversionWarning,
+    )
     return namespace(y).reshape(y, (-1,))
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """``warnings.warn``, attributed to the first caller outside xpmlp (the user's line)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
