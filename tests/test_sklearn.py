@@ -167,6 +167,12 @@ DEVICE_FITS = {
                                   class_weight="balanced"),
     "multilabel": dict(estimator=MLPClassifier, y="device", labels="multilabel"),
     "host multilabel": dict(estimator=MLPClassifier, y="host", labels="multilabel"),
+    "early stopping": dict(estimator=MLPClassifier, y="device", weights="device", early=True),
+    "early stopping, two classes": dict(estimator=MLPClassifier, y="host", labels="binary",
+                                        early=True),
+    "early stopping, multilabel": dict(estimator=MLPClassifier, y="device", labels="multilabel",
+                                       early=True),
+    "early stopping, targets": dict(estimator=MLPRegressor, y="device", early=True),
 }  # fmt: skip
 
 
@@ -189,6 +195,8 @@ def test_a_fit_on_device_arrays_is_the_fit_on_host_arrays(cupy_standin, iris, ca
     settings = dict(hidden_layer_sizes=(8,), max_iter=5, random_state=0)
     if "class_weight" in case:
         settings["class_weight"] = case["class_weight"]
+    if case.get("early"):  # the same validation split on every device
+        settings.update(early_stopping=True, n_iter_no_change=2, max_iter=12)
     backend = get_backend("cuda:1")
     on_device = {"host": lambda a: a, "device": cupy.asarray}
     X_gpu = backend.asarray(X, "float32")
@@ -205,6 +213,7 @@ def test_a_fit_on_device_arrays_is_the_fit_on_host_arrays(cupy_standin, iris, ca
     assert type(predicted).__module__ == "cupy" and predicted.device.id == 1
     np.testing.assert_array_equal(predicted.get(), reference.predict(X))
     assert model.loss_curve_ == reference.loss_curve_
+    assert model.validation_scores_ == reference.validation_scores_
     assert model.score(X_gpu, y_in, sample_weight=w_in) == reference.score(X, y, w_host)
     if case["estimator"] is MLPClassifier:
         proba = model.predict_proba(X_gpu)
@@ -222,22 +231,6 @@ def test_labels_on_another_gpu_follow_X(cupy_standin, iris):
     model = MLPClassifier(**settings).fit(X_gpu, cupy.asarray(y))  # y on device 0
     reference = MLPClassifier(**settings).fit(X.astype(np.float32), y)
     np.testing.assert_array_equal(model.predict(X_gpu).get(), reference.predict(X))
-
-
-@pytest.mark.parametrize("estimator", [MLPClassifier, MLPRegressor])
-def test_early_stopping_on_device_arrays(cupy_standin, iris, estimator):
-    import cupy
-
-    from xpmlp import get_backend
-
-    X, y = iris
-    y = cupy.asarray(y if estimator is MLPClassifier else y.astype(np.float32))
-    X_gpu = get_backend("cuda:0").asarray(X, "float32")
-    model = estimator(hidden_layer_sizes=(8,), max_iter=30, early_stopping=True,
-                      n_iter_no_change=3, random_state=0).fit(X_gpu, y)  # fmt: skip
-    assert len(model.validation_scores_) == model.n_iter_
-    assert model.best_validation_score_ == max(model.validation_scores_)
-    assert isinstance(model.score(X_gpu, y), float)
 
 
 def test_bad_weights_on_device_are_refused_as_on_the_host(cupy_standin, iris):

@@ -182,14 +182,13 @@ class _BaseMLP(BaseEstimator):
             )
 
     def _split(self, X, y, sample_weight):
-        if device_spec_of(X) is not None:
-            return arrays.split(X, y, sample_weight, self.validation_fraction,
-                                _seed(self.random_state))  # fmt: skip
-        classify = is_classifier(self) and y.ndim == 1 and isinstance(y, np.ndarray)
-        stratify = y if classify and len(np.unique(y)) > 1 else None
-        parts = train_test_split(X, y, sample_weight, test_size=self.validation_fraction,
-                                 random_state=_seed(self.random_state), stratify=stratify)  # fmt: skip
-        return parts
+        """scikit-learn's validation split (stratified for classes), drawn on the host (device
+        labels read back once), so that it is the same on every device."""
+        labels = to_numpy(y) if is_classifier(self) and y.ndim == 1 else None
+        stratify = labels if labels is not None and len(np.unique(labels)) > 1 else None
+        train, val = train_test_split(np.arange(X.shape[0]), test_size=self.validation_fraction,
+                                      random_state=_seed(self.random_state), stratify=stratify)  # fmt: skip
+        return arrays.take_rows(train, val, X, y, sample_weight)
 
     def _batch_size(self, n: int) -> int:
         if self.batch_size == "auto":

@@ -96,18 +96,16 @@ def check_weights(sample_weight, X):
     return weight
 
 
-def split(X, y, sample_weight, fraction: float, seed: int):
-    """``(X, X_val, y, y_val, sample_weight, sample_weight_val)`` for a device X: a seeded
-    permutation (not stratified), with ``round(n * fraction)`` rows (at least one) held out,
-    gathered on X's device."""
-    xp, n = namespace(X), X.shape[0]
-    order = np.random.default_rng(seed).permutation(n)
-    cut = max(1, int(round(n * fraction)))
-    val, train = (xp.asarray(part, device=X.device) for part in (order[:cut], order[cut:]))
-    y = y if device_spec_of(y) is not None else xp.asarray(y, device=X.device)
+def take_rows(train, val, X, y, sample_weight):
+    """``(X, X_val, y, y_val, sample_weight, sample_weight_val)``: the rows ``train`` and ``val``
+    (host indices) of each, gathered in X's namespace, on its device."""
+    xp = namespace(X)
+    if device_spec_of(X) is not None:
+        train, val = (xp.asarray(rows, device=X.device) for rows in (train, val))
+        y = y if device_spec_of(y) is not None else xp.asarray(y, device=X.device)
 
-    def take(array, index):
-        return xp.take(array, index, axis=0)
+    def take(array, rows):
+        return xp.take(array, rows, axis=0)
 
     return (take(X, train), take(X, val), take(y, train), take(y, val),
             take(sample_weight, train), take(sample_weight, val))  # fmt: skip
