@@ -209,6 +209,8 @@ def notes_for(history: list[dict], *, n_classes: int | None, input_max: float | 
 
 def _validation_notes(history: list[dict], note) -> None:
     """Validation loss rising for two epochs since its best: over-confidence or over-fitting."""
+    if history[-1].get("val_loss") is None:  # nothing new to say (and no scan of a long history)
+        return
     scored = [r for r in history if r.get("val_loss") is not None]
     if len(scored) < 3:
         return
