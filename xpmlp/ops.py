@@ -204,6 +204,16 @@ def half_poisson_deviance(xp, logits, targets):
     return xp.sum(_half_poisson_terms(xp, logits, targets)) / n, (xp.exp(logits) - targets) / n
 
 
+# Each loss's terms per element: a loss is their sum over outputs, averaged over samples (mse
+# also averages over outputs).
+_PER_ELEMENT = {
+    "cross_entropy": lambda xp, z, t: -t * log_softmax(xp, z),
+    "mse": lambda xp, z, t: (z - t) * (z - t) / z.shape[1],
+    "half_squared_error": lambda xp, z, t: 0.5 * (z - t) * (z - t),
+    "binary_cross_entropy": _binary_cross_entropy_terms,
+    "half_poisson": _half_poisson_terms,
+}
+
 LOSSES = {
     "cross_entropy": softmax_cross_entropy,
     "mse": mean_squared_error,
@@ -227,21 +237,7 @@ def weighted_loss(xp, name: str, outputs, targets, weights):
     With all weights equal it is the unweighted mean; a zero weight takes a sample out.
     """
     n = outputs.shape[0]
-    if name == "cross_entropy":
-        per_sample = -xp.sum(targets * log_softmax(xp, outputs), axis=1)
-        _, grad = softmax_cross_entropy(xp, outputs, targets)
-    elif name == "binary_cross_entropy":
-        per_sample = xp.sum(_binary_cross_entropy_terms(xp, outputs, targets), axis=1)
-        _, grad = binary_cross_entropy(xp, outputs, targets)
-    elif name == "half_poisson":
-        per_sample = xp.sum(_half_poisson_terms(xp, outputs, targets), axis=1)
-        _, grad = half_poisson_deviance(xp, outputs, targets)
-    else:
-        diff = outputs - targets
-        per_sample = xp.sum(diff * diff, axis=1)
-        per_sample = (
-            0.5 * per_sample if name == "half_squared_error" else per_sample / diff.shape[1]
-        )
-        _, grad = get_loss(name)(xp, outputs, targets)
+    _, grad = get_loss(name)(xp, outputs, targets)
+    per_sample = xp.sum(_PER_ELEMENT[name](xp, outputs, targets), axis=1)
     share = weights / xp.sum(weights)
     return xp.sum(share * per_sample), grad * (share * n)[:, None]

@@ -119,12 +119,10 @@ class _BaseMLP(BaseEstimator):
         """xpmlp's optimizer: ``optimizer`` where given, else scikit-learn's ``solver``."""
         if self.optimizer is not None:
             return self.optimizer
+        if self.solver == "sgd" and not self.momentum:
+            return "sgd"
         if self.solver == "sgd":
-            return (
-                "sgd"
-                if not self.momentum
-                else ("nesterov" if self.nesterovs_momentum else "momentum")
-            )
+            return "nesterov" if self.nesterovs_momentum else "momentum"
         if self.solver != "adam":
             raise ValueError(f"solver={self.solver!r} is not supported: xpmlp trains with "
                              "minibatches; use solver='adam' or 'sgd' (or optimizer=...)")  # fmt: skip
@@ -166,13 +164,11 @@ class _BaseMLP(BaseEstimator):
             trainer.model.load_state_dict(epoch_end.best_params)
         self.n_iter_ = epochs  # in this call, as scikit-learn counts
         self.history_ = trainer.history
-        model = trainer.model
+        model, state = trainer.model, trainer.model.state_dict()  # one read of the weights
         self.n_layers_ = model.n_layers + 1
         self.n_outputs_ = model.n_outputs
-        self.coefs_ = [to_numpy(model.params[f"layers.{i}.weight"]).copy()
-                       for i in range(model.n_layers)]  # fmt: skip
-        self.intercepts_ = [to_numpy(model.params[f"layers.{i}.bias"]).copy()
-                            for i in range(model.n_layers)]  # fmt: skip
+        self.coefs_ = [state[f"layers.{i}.weight"] for i in range(model.n_layers)]
+        self.intercepts_ = [state[f"layers.{i}.bias"] for i in range(model.n_layers)]
         self.loss_ = self.loss_curve_[-1]
         if warn and not epoch_end.converged:
             arrays.warn(

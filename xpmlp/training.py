@@ -293,8 +293,7 @@ class Trainer:
         if model.backend.owns(weights):  # on the device already: checked there, one read
             weights = xp.astype(weights, model.dtype, copy=False)
         else:
-            weights = model.backend.asarray(np.asarray(to_numpy(weights), dtype=np.float64),
-                                            model.dtype)  # fmt: skip
+            weights = model.backend.asarray(weights, model.dtype)
         if tuple(weights.shape) != (n,):
             raise DataError(f"sample_weight must be {n} finite values >= 0")
         valid = xp.all(xp.isfinite(weights)) & xp.all(weights >= 0)
