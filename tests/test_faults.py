@@ -89,11 +89,13 @@ DURATION: list[float] = []  # seconds of the uninterrupted run, measured once
 OUTCOMES: list[int] = []  # exit status of every interrupted command
 
 
-def _trials():
+def _trials() -> list:
     rng = np.random.default_rng(20261123)
-    for name, count in TRIALS.items():
-        for i in range(count):
-            yield pytest.param(name, float(rng.uniform(0.0, 1.0)), id=f"{name}-{i}")
+    return [
+        pytest.param(name, float(rng.uniform(0.0, 1.0)), id=f"{name}-{i}")
+        for name, count in TRIALS.items()
+        for i in range(count)
+    ]
 
 
 @pytest.mark.parametrize(("signal_name", "moment"), _trials())
