@@ -22,7 +22,25 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from optional import missing, need
 from xpmlp import DeviceError, get_backend
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per reason a test was skipped, with how to enable it (tests/optional.py)."""
+    counts: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if reason.startswith("needs "):  # "needs torch: how (detail)": one line per component
+            reason = reason.split(" (", 1)[0]
+        counts[reason] = counts.get(reason, 0) + 1
+    if not counts:
+        return
+    terminalreporter.section("skipped, and how to run them")
+    for reason, count in sorted(counts.items(), key=lambda item: -item[1]):
+        what = reason.replace("needs ", "need " if count > 1 else "needs ", 1)
+        terminalreporter.write_line(f"{count} {what}")
 
 
 def pytest_configure(config):
@@ -74,13 +92,13 @@ def cupy_standin():
 
 def _make_backend(spec: str):
     if spec == "torch":
-        pytest.importorskip("torch")
+        need("torch")
     if spec.startswith("cuda"):
-        pytest.importorskip("cupy")
+        need("cupy")
         try:
             return get_backend(spec)
         except DeviceError as exc:
-            pytest.skip(f"no CUDA device: {exc}")
+            missing("gpu", str(exc))
     return get_backend(spec)
 
 

@@ -9,6 +9,7 @@ import types
 import array_api_compat
 import numpy as np
 import pytest
+from optional import need
 
 from xpmlp import Backend, ConfigError, DeviceError, get_backend, to_numpy
 from xpmlp import backend as backend_module
@@ -67,7 +68,7 @@ def test_strict_specs(spec, device_name, normalised):
 
 @pytest.mark.parametrize("spec", ["torch", "torch:cpu", "TORCH:CPU"])
 def test_torch_specs(spec):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     backend = get_backend(spec)
     assert backend.name == "torch"
     assert backend.device == torch.device("cpu")
@@ -109,7 +110,7 @@ def test_auto_with_cupy_but_no_gpu_is_numpy(monkeypatch):
 )
 def test_unknown_specs_raise_device_error(spec, message):
     if spec.startswith("torch"):
-        pytest.importorskip("torch")
+        need("torch")
     with pytest.raises(DeviceError, match=re.escape(message)):
         get_backend(spec)
 
@@ -145,7 +146,7 @@ def test_cuda_index_beyond_the_machine(monkeypatch):
 
 
 def test_torch_cuda_without_cuda():
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(DeviceError, match="torch sees no CUDA device"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from optional import need
 
 import xpmlp
 from xpmlp import checkpoint
@@ -73,7 +74,7 @@ def test_latest_and_prune(tmp_path):
 @pytest.mark.parametrize("source", ["array-api-strict:device1", "torch"])
 def test_train_on_one_backend_evaluate_on_numpy(tmp_path, source):
     if source == "torch":
-        pytest.importorskip("torch")
+        need("torch")
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(64, 5)), rng.integers(0, 3, 64)
     model = xpmlp.MLP([5, 8, 3], device=source, seed=1)

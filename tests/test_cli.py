@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -354,10 +355,10 @@ def test_python_dash_m_reports_errors_without_traceback(tmp_path):
 
 
 def test_console_script_is_installed():
-    env = {**os.environ}
-    result = subprocess.run(
-        ["xpmlp", "--version"], capture_output=True, text=True, env=env, timeout=60
-    )
+    # pip puts the script beside this Python (a virtualenv's bin/, active or not)
+    script = shutil.which("xpmlp", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert script, f"no xpmlp script beside {sys.executable} or on PATH"
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("xpmlp ")
 
 

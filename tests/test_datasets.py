@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from optional import has, reason
 
 from xpmlp import datasets
 from xpmlp.datasets import FILENAMES, load_dataset, train_val_split
@@ -106,7 +107,7 @@ def test_write_idx_rejects_what_idx_cannot_store(tmp_path):
 
 
 @pytest.mark.realdata
-@pytest.mark.skipif(not REAL_FASHION.is_dir(), reason="dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(not has("realdata"), reason=reason("realdata"))
 def test_real_fashion_mnist_loads():
     ds = load_dataset("fashion-mnist", data_dir=REAL_FASHION, download=False)
     assert ds.X_train.shape == (60000, 784) and ds.X_train.dtype == np.uint8

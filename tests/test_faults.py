@@ -41,9 +41,12 @@ def data(tmp_path_factory) -> Path:
     return path
 
 
+EPOCHS = 6
+
+
 def _command(data: Path, out: Path, *extra) -> list[str]:
     return [sys.executable, "-m", "xpmlp", "train", "--device", "cpu", "--dataset", str(data),
-            "--hidden", "64,64", "--batch-size", "8", "--epochs", "6", "--dropout", "0.1",
+            "--hidden", "64,64", "--batch-size", "8", "--epochs", str(EPOCHS), "--dropout", "0.1",
             "--val-fraction", "0.2", "--quiet", "--resume", str(out), *extra]  # fmt: skip
 
 
@@ -64,7 +67,7 @@ def _finish(data: Path, out: Path) -> dict:
         _assert_one_line_at_most(result.stderr)
         if result.returncode == 0:
             final = checkpoint.load(out)
-            assert final["meta"]["trainer"]["epoch"] == 6
+            assert final["meta"]["trainer"]["epoch"] == EPOCHS
             assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp")]
             return final["params"]
     raise AssertionError(f"the run in {out} never finished: {result.stderr}")
@@ -89,6 +92,32 @@ DURATION: list[float] = []  # seconds of the uninterrupted run, measured once
 OUTCOMES: list[int] = []  # exit status of every interrupted command
 
 
+def _epochs_done(out: Path) -> int:
+    try:
+        return (out / "metrics.jsonl").read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _signal_at(process: subprocess.Popen, out: Path, moment: float, signum: int) -> None:
+    """Send ``signum`` at ``moment`` of the run's own progress, not of a clock.
+
+    ``moment * EPOCHS`` = k + f: wait until the run has finished k epochs (its metrics.jsonl has
+    k lines), then wait the fraction f of its previous epoch, as long as it took in this very
+    run (before the first epoch: of the uninterrupted run's first sixth). A loaded machine slows
+    the run and the wait alike, so the signal lands at the same point of the run.
+    """
+    done, fraction = divmod(moment * EPOCHS, 1.0)
+    stamps = [time.monotonic()]  # when the run was started, then when each epoch was seen done
+    while len(stamps) <= done and process.poll() is None:
+        if _epochs_done(out) >= len(stamps):
+            stamps.append(time.monotonic())
+        time.sleep(0.002)
+    epoch = stamps[-1] - stamps[-2] if done else DURATION[0] / EPOCHS
+    time.sleep(fraction * epoch)
+    process.send_signal(signum)
+
+
 def _trials() -> list:
     rng = np.random.default_rng(20261123)
     return [
@@ -102,19 +131,17 @@ def _trials() -> list:
 def test_a_signal_at_any_moment_then_resume_is_bit_identical(
     tmp_path, data, uninterrupted, signal_name, moment
 ):
-    # ``moment``: the fraction of an uninterrupted run's duration after which the signal lands
-    # (start-up, data loading, any epoch, evaluation, checkpointing, plotting).
+    # ``moment``: how far through the run the signal lands (start-up, data loading, any epoch,
+    # evaluation, checkpointing, plotting), measured by the run's own progress.
     out = tmp_path / "run"
     process = subprocess.Popen(_command(data, out), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(moment * DURATION[0])
-    process.send_signal(getattr(signal, signal_name))
+    _signal_at(process, out, moment, getattr(signal, signal_name))
     _, stderr = process.communicate(timeout=300)
     assert process.returncode in EXPECTED[signal_name], (process.returncode, stderr)
     OUTCOMES.append(process.returncode)
     if process.returncode == -signal.SIGINT:
         # Ctrl-C while Python itself is still importing NumPy (before xpmlp's main runs) is
-        # Python's to report, with its traceback; nothing has been written yet.
         # Python's to report, with its traceback; nothing has been written yet. So is one during
         # the interpreter's shutdown, after the run has finished and said so.
         assert "Traceback" not in stderr or stderr.rstrip().endswith("KeyboardInterrupt"), stderr

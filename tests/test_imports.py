@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 import pytest
+from optional import need
 
 import xpmlp
 
@@ -67,7 +68,8 @@ def test_import_and_cpu_run_do_not_import_device_libraries():
 @pytest.mark.parametrize("library", ["torch", "array_api_strict"])
 def test_the_check_sees_an_installed_library(library):
     # The same recorder does notice a library that is imported: the check can fail.
-    pytest.importorskip(library)
+    if library == "torch":
+        need("torch")
     script = SCRIPT.replace("import xpmlp\n", f"import xpmlp\nimport {library}\n", 1)
     result = subprocess.run(
         [sys.executable, "-c", script.format(blocked=BLOCKED)],

@@ -5,10 +5,10 @@ on a real GPU the compiled kernels agree with the portable path."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
+from optional import missing, need
 from tolerances import real_gpu
 
 from xpmlp import MLP, Trainer, kernels, ops, rng, to_numpy
@@ -101,9 +101,7 @@ def _nvrtc():
         nvrtc.getVersion()
         return nvrtc
     except Exception as exc:  # no CuPy, or no libnvrtc: CI installs both
-        if os.environ.get("XPMLP_REQUIRE_NVRTC"):
-            raise
-        pytest.skip(f"NVRTC is not available: {exc}")
+        missing("nvrtc", str(exc))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -183,11 +181,11 @@ def test_a_failing_kernel_switches_to_the_portable_path_with_one_line(
 @pytest.mark.gpu
 @pytest.mark.parametrize("config", CONFIGS[:6])
 def test_cuda_kernels_agree_with_the_portable_path_on_a_gpu(monkeypatch, make_problem, config):
-    pytest.importorskip("cupy")
+    need("cupy")
     try:
         backend = get_backend("cuda:0")
     except Exception as exc:
-        pytest.skip(f"no CUDA device: {exc}")
+        missing("gpu", str(exc))
     assert real_gpu(backend)
     config = {**config, "dtype": "float64"}
     fused = _train(make_problem, config, "cuda:0")

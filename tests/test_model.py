@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from optional import need
 from tolerances import rtol_for
 
 import xpmlp.model
@@ -32,7 +33,7 @@ def _assert_close_relative(actual, expected, rtol, name=""):
 def _torch_loss_and_grads(model: MLP, X: np.ndarray, y: np.ndarray, masks: list):
     """The same network built by hand in torch from ``model.state_dict()``, differentiated by
     autograd. Returns (loss, {name: grad}) as float64 NumPy."""
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     F = torch.nn.functional
     activation = {
         "relu": F.relu,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from optional import need
 from tolerances import rtol_for
 
 import xpmlp
@@ -115,7 +116,7 @@ def _torch_optimizer(torch, name, params, lr):
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_optimizers_match_torch(backend, name):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     generator = np.random.default_rng(0)
     start = {"w": generator.normal(size=(3, 4)), "b": generator.normal(size=4)}
     grads = [{k: generator.normal(size=v.shape) for k, v in start.items()} for _ in range(8)]
@@ -283,7 +284,7 @@ def _torch_lrs(torch, make_scheduler, steps):
     ],
 )
 def test_schedules_match_torch(schedule, torch_scheduler, steps):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     expected = _torch_lrs(torch, torch_scheduler, steps)
     np.testing.assert_allclose(_lrs(schedule, steps), expected, rtol=1e-12, atol=1e-15)
 
@@ -330,7 +331,7 @@ def test_invalid_schedules(args, kwargs, message):
 
 @pytest.mark.parametrize("max_norm", [0.5, 3.0, 100.0])
 def test_clip_grad_norm_matches_torch(backend, max_norm):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     generator = np.random.default_rng(2)
     host = {"w": generator.normal(size=(3, 4)), "b": generator.normal(size=4)}
     grads = {k: backend.asarray(v, "float64") for k, v in host.items()}

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from optional import need
 
 from xpmlp.cli import main
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
 @pytest.fixture
 def fashion_dir():
-    if not (FASHION / "train-images-idx3-ubyte.gz").exists():
-        if os.environ.get("XPMLP_REQUIRE_REALDATA"):
-            pytest.fail(f"{FASHION} is missing but XPMLP_REQUIRE_REALDATA is set (CI installs it)")
-        pytest.skip("apt-get install dataset-fashion-mnist to run the real-data tests")
-    return FASHION
+    return need("realdata")
 
 
 @pytest.mark.realdata
@@ -53,7 +46,7 @@ def test_the_scikit_learn_comparison_runs(fashion_dir, tmp_path):
     import subprocess
     import sys
 
-    pytest.importorskip("sklearn")
+    need("sklearn")
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "sklearn_compare.py"
     report = tmp_path / "compare.json"
     argv = [sys.executable, str(script), "--rows", "1000", "--epochs", "3", "--repeats", "1",
@@ -72,7 +65,7 @@ def test_the_scikit_learn_comparison_runs(fashion_dir, tmp_path):
 def test_the_scikit_learn_comparison_on_a_gpu(fashion_dir, tmp_path, cupy_standin, monkeypatch):
     import importlib.util
 
-    pytest.importorskip("sklearn")
+    need("sklearn")
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "sklearn_compare.py"
     spec = importlib.util.spec_from_file_location("sklearn_compare", script)
     module = importlib.util.module_from_spec(spec)

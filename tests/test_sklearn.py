@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optional import need
 
-sklearn = pytest.importorskip("sklearn")
+sklearn = need("sklearn")
 
 from sklearn.datasets import load_iris, make_regression  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402

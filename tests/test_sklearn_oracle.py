@@ -11,8 +11,9 @@ import warnings
 
 import numpy as np
 import pytest
+from optional import need
 
-sklearn = pytest.importorskip("sklearn")
+sklearn = need("sklearn")
 
 from sklearn import neural_network  # noqa: E402
 from sklearn.datasets import load_iris  # noqa: E402
