@@ -14,7 +14,9 @@ from optional import need
 from xpmlp import Backend, ConfigError, DeviceError, get_backend, to_numpy
 from xpmlp import backend as backend_module
 
-CUDA_HINT = re.escape('pip install "xpmlp[cuda12]"')
+CUPY_12 = 'pip install "cupy-cuda12x[ctk]>=14"'
+CUPY_13 = 'pip install "cupy-cuda13x[ctk]>=14"'
+NO_DRIVER = "no NVIDIA GPU or driver found; the NVIDIA driver's CUDA library (libcuda) cannot be"
 
 
 @pytest.fixture
@@ -23,10 +25,40 @@ def no_cupy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
 
 
-def _fake_cupy(monkeypatch, get_device_count):
-    runtime = types.SimpleNamespace(getDeviceCount=get_device_count)
+@pytest.fixture(autouse=True)
+def fresh_warnings():
+    """``auto`` says why it falls back once per process: each test starts a fresh one."""
+    backend_module._say_once.cache_clear()
+    yield
+    backend_module._say_once.cache_clear()
+
+
+def _driver(monkeypatch, version: int | None):
+    """Fake the NVIDIA driver's library: one supporting CUDA ``version`` (12080 for 12.8), or
+    (None) none installed, as ``ctypes.CDLL("libcuda.so.1")`` fails then."""
+
+    def load():
+        if version is None:
+            raise OSError("libcuda.so.1: cannot open shared object file: No such file or directory")
+        return types.SimpleNamespace(cuDriverGetVersion=report)
+
+    def report(pointer):
+        pointer._obj.value = version
+        return 0  # CUDA_SUCCESS
+
+    monkeypatch.setattr(backend_module, "_driver_library", load)
+
+
+def _fake_cupy(monkeypatch, get_device_count, *, driver=13000, runtime=13020):
+    """A CuPy whose CUDA runtime (version ``runtime``) sees a driver supporting CUDA ``driver``
+    (0: no driver, as CUDA's runtime reports it)."""
+    runtime_module = types.SimpleNamespace(
+        getDeviceCount=get_device_count,
+        driverGetVersion=lambda: driver,
+        runtimeGetVersion=lambda: runtime,
+    )
     fake = types.ModuleType("cupy")
-    fake.cuda = types.SimpleNamespace(runtime=runtime)
+    fake.cuda = types.SimpleNamespace(runtime=runtime_module)
     monkeypatch.setitem(sys.modules, "cupy", fake)
 
 
@@ -81,16 +113,19 @@ def test_backend_passes_through():
     assert get_backend(backend) is backend
 
 
-def test_auto_without_cupy_is_numpy(no_cupy):
+def test_auto_with_cupy_but_no_gpu_is_numpy_saying_why_once_in_a_short_line(monkeypatch, capsys):
+    _fake_cupy(monkeypatch, lambda: 0, driver=0)
     assert get_backend("auto").name == "numpy"
-
-
-def test_auto_with_cupy_but_no_gpu_is_numpy(monkeypatch):
-    def no_driver():
-        raise RuntimeError("cudaErrorInsufficientDriver")
-
-    _fake_cupy(monkeypatch, no_driver)
     assert get_backend("auto").name == "numpy"
+    err = capsys.readouterr().err
+    assert err == "xpmlp: no GPU (no NVIDIA GPU or driver found); using the CPU\n"
+    assert len(err) < 100
+
+
+def test_auto_without_cupy_is_numpy_and_says_nothing(no_cupy, monkeypatch, capsys):
+    _driver(monkeypatch, 13000)  # even with a driver: no CuPy means a CPU install
+    assert get_backend("auto").name == "numpy"
+    assert capsys.readouterr().err == ""
 
 
 # ---------------------------------------------------------------------- errors
@@ -115,10 +150,43 @@ def test_unknown_specs_raise_device_error(spec, message):
         get_backend(spec)
 
 
+# Each fault of a GPU spec gets its own message and fix: CuPy missing, no driver, a driver with
+# no GPU, a driver older than CuPy's CUDA, a GPU number beyond the machine's.
+
+
 @pytest.mark.parametrize("spec", ["gpu", "cuda", "cuda:0", "cuda:1", "GPU"])
-def test_gpu_without_cupy_names_the_install_command(no_cupy, spec):
-    with pytest.raises(DeviceError, match=f"CuPy is not installed; {CUDA_HINT}"):
+@pytest.mark.parametrize(
+    ("driver", "fix"),
+    [
+        (12080, f'install it with {CUPY_12}; in an xpmlp checkout, pip install ".[cuda12]"'),
+        (13000, f'install it with {CUPY_13}; in an xpmlp checkout, pip install ".[cuda13]"'),
+        (14000, f"install it with {CUPY_13};"),  # a newer driver runs the newest CuPy
+        (0, f"install it with {CUPY_12} or {CUPY_13} (the CUDA major nvidia-smi shows); in an "
+            'xpmlp checkout, pip install ".[cuda12]" or ".[cuda13]" (add -e if editable)'),
+        (11040, "the NVIDIA driver supports CUDA 11.4 and CuPy needs 12 or newer: update the "
+                f"driver, then {CUPY_12} or {CUPY_13}"),
+    ],
+)  # fmt: skip
+def test_gpu_without_cupy_names_the_install_command_for_the_driver(
+    no_cupy, monkeypatch, spec, driver, fix
+):
+    _driver(monkeypatch, driver)
+    with pytest.raises(DeviceError, match=re.escape(f"CuPy is not installed; {fix}")):
         get_backend(spec)
+
+
+def test_gpu_without_cupy_or_a_driver_says_there_is_no_gpu(no_cupy, monkeypatch):
+    _driver(monkeypatch, None)  # installing CuPy would not help: that is not the fault
+    with pytest.raises(DeviceError, match=re.escape(NO_DRIVER)) as info:
+        get_backend("gpu")
+    assert "use the cpu device" in str(info.value) and "pip install" not in str(info.value)
+
+
+def test_the_driver_version_is_read_from_the_driver_library(monkeypatch):
+    _driver(monkeypatch, 12080)
+    assert backend_module._driver_cuda_version() == 12080
+    _driver(monkeypatch, None)
+    assert backend_module._driver_cuda_version() is None
 
 
 def test_device_error_is_a_domain_error():
@@ -129,14 +197,71 @@ def test_device_error_is_a_domain_error():
     assert issubclass(DeviceError, RuntimeError)
 
 
-def test_cupy_without_a_device_names_the_fix(monkeypatch):
-    def no_device():
-        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+def test_cupy_without_a_driver_says_there_is_no_gpu(monkeypatch):
+    def insufficient():  # what CuPy's CUDA runtime raises when it finds no driver at all
+        raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
 
-    _fake_cupy(monkeypatch, no_device)
-    with pytest.raises(DeviceError, match=f"sees no CUDA device.*{CUDA_HINT}") as info:
+    _fake_cupy(monkeypatch, insufficient, driver=0)
+    with pytest.raises(DeviceError, match=re.escape(NO_DRIVER)) as info:
+        get_backend("cuda:0")
+    assert "insufficient" not in str(info.value)
+
+
+@pytest.mark.parametrize("no_device", ["count 0", "cudaErrorNoDevice"])
+def test_a_driver_without_a_gpu_says_so(monkeypatch, no_device):
+    def count():
+        if no_device == "count 0":
+            return 0
+        error = RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+        error.status = 100
+        raise error
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    _fake_cupy(monkeypatch, count)
+    with pytest.raises(DeviceError, match=re.escape(
+        "the NVIDIA driver is installed but sees no GPU; check that nvidia-smi lists one"
+    )):  # fmt: skip
         get_backend("gpu")
-    assert "cudaErrorNoDevice" in str(info.value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(DeviceError, match="check that CUDA_VISIBLE_DEVICES='' does not hide it"):
+        get_backend("gpu")
+
+
+@pytest.mark.parametrize(
+    ("driver", "runtime", "message"),
+    [
+        (12080, 13020, "the NVIDIA driver supports CUDA 12.8, older than the CUDA 13 of this CuPy "
+                       f"(cupy-cuda13x); pip uninstall cupy-cuda13x, then {CUPY_12}; in an xpmlp "
+                       'checkout, pip install ".[cuda12]" (add -e if editable); or update the '
+                       "NVIDIA driver"),
+        (11040, 12060, "the NVIDIA driver supports CUDA 11.4, older than the CUDA 12 of this CuPy "
+                       "(cupy-cuda12x); update the NVIDIA driver (CuPy needs CUDA 12 or newer)"),
+    ],
+)  # fmt: skip
+def test_a_driver_older_than_cupys_cuda_names_the_cupy_to_install(
+    monkeypatch, driver, runtime, message
+):
+    _fake_cupy(monkeypatch, lambda: 1, driver=driver, runtime=runtime)
+    with pytest.raises(DeviceError, match=re.escape(message)):
+        get_backend("gpu")
+
+
+def test_a_newer_minor_of_the_same_cuda_major_is_not_refused(monkeypatch):
+    _fake_cupy(monkeypatch, lambda: 1, driver=13000, runtime=13020)  # minor-version compatible
+    with pytest.raises(DeviceError, match=re.escape("no CUDA device cuda:3; this machine has 1")):
+        get_backend("cuda:3")  # past the version check, to the device count
+
+
+def test_cupy_that_cannot_reach_the_gpu_says_what_cuda_said(monkeypatch):
+    def unknown():
+        raise RuntimeError("cudaErrorUnknown: unknown error")
+
+    _fake_cupy(monkeypatch, unknown)
+    with pytest.raises(DeviceError, match=re.escape(
+        "CuPy cannot reach the GPU (RuntimeError: cudaErrorUnknown: unknown error); check the "
+        "NVIDIA driver with nvidia-smi"
+    )):  # fmt: skip
+        get_backend("gpu")
 
 
 def test_cuda_index_beyond_the_machine(monkeypatch):
@@ -218,9 +343,19 @@ def test_backend_is_a_value():
         get_backend("cpu").spec = "gpu"
 
 
-def test_cuda_hint_names_both_cuda_extras():
-    assert 'pip install "xpmlp[cuda12]"' in backend_module.CUDA_INSTALL_HINT
-    assert '"xpmlp[cuda13]"' in backend_module.CUDA_INSTALL_HINT
+def test_cupy_install_hint_matches_the_cuda_extras_of_pyproject():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    for major in backend_module.CUDA_MAJORS:
+        assert extras[f"cuda{major}"] == [backend_module.cupy_package(major)]
+        assert f'pip install "{backend_module.cupy_package(major)}"' in (
+            backend_module.CUDA_INSTALL_HINT
+        )
+        assert f'".[cuda{major}]"' in backend_module.CUDA_INSTALL_HINT
+    assert "xpmlp[" not in backend_module.CUDA_INSTALL_HINT  # xpmlp is not on PyPI
 
 
 @pytest.mark.parametrize("backend", ["array-api-strict:device1"], indirect=True)

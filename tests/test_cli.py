@@ -599,9 +599,21 @@ def test_damaged_checkpoint_metadata_is_one_line(tmp_path, toy, capsys, damage, 
 
 
 def test_gpu_without_cupy_says_how_to_install_it(tmp_path, toy, capsys, monkeypatch):
+    from xpmlp import backend
+
     monkeypatch.setitem(sys.modules, "cupy", None)  # as if CuPy were not installed
+    monkeypatch.setattr(backend, "_driver_cuda_version", lambda: 12080)  # on a CUDA 12.8 driver
     _bad(tmp_path, ["train", "--device", "gpu", "--dataset", str(toy[0])], capsys,
-         expect='CuPy is not installed; pip install "xpmlp[cuda12]"')  # fmt: skip
+         expect='CuPy is not installed; install it with pip install "cupy-cuda12x[ctk]>=14"')  # fmt: skip
+
+
+def test_gpu_without_a_driver_says_there_is_no_gpu(tmp_path, toy, capsys, monkeypatch):
+    from xpmlp import backend
+
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(backend, "_driver_cuda_version", lambda: None)
+    _bad(tmp_path, ["train", "--device", "gpu", "--dataset", str(toy[0])], capsys,
+         expect="no NVIDIA GPU or driver found")  # fmt: skip
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:1"])

@@ -4,10 +4,13 @@ already on the device are checked with one reduction."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from xpmlp import MLP, DataError, DeviceError, Trainer, evaluate, get_backend, to_numpy
+from xpmlp import backend as backend_module
 
 
 @pytest.mark.parametrize("device", ["cuda:0", "cuda:1"])
@@ -109,19 +112,44 @@ def _cli(*args, home):
                           env=env, timeout=120)  # fmt: skip
 
 
-@pytest.mark.skipif(not _real_cupy_installed(), reason="needs CuPy installed (with or without GPU)")
+REAL_CUPY = pytest.mark.skipif(
+    not _real_cupy_installed(), reason="needs CuPy installed (with or without GPU)"
+)
+
+
+@REAL_CUPY
 def test_real_cupy_without_a_usable_gpu_is_one_line_and_auto_falls_back(tmp_path):
+    from xpmlp import backend
+
     if get_backend("auto").name == "cupy":
         pytest.skip("this machine has a working GPU: the -m gpu tests cover it")
     home = tmp_path / "home-is-a-file"  # no ~/.cupy can be made there, even by root
     home.write_text("")
     explicit = _cli("device", "--device", "gpu", home=home)
     assert explicit.returncode == 2
-    assert explicit.stderr.startswith("xpmlp: error:") and "CuPy" in explicit.stderr
+    assert explicit.stderr.startswith("xpmlp: error:")
     assert len(explicit.stderr.strip().splitlines()) == 1 and "Traceback" not in explicit.stderr
     auto = _cli("device", "--device", "auto", home=home)
     assert auto.returncode == 0 and auto.stdout.startswith("cpu:")
-    assert auto.stderr.startswith("xpmlp: no usable GPU") and len(auto.stderr.splitlines()) == 1
+    assert auto.stderr.startswith("xpmlp: no GPU (") and auto.stderr.endswith("; using the CPU\n")
+    assert len(auto.stderr.splitlines()) == 1 and len(auto.stderr) < 100
+    if backend._driver_cuda_version() is None:  # CI: CuPy installed, no NVIDIA driver
+        assert explicit.stderr.startswith("xpmlp: error: no NVIDIA GPU or driver found; ")
+        assert "insufficient" not in explicit.stderr
+        assert auto.stderr == "xpmlp: no GPU (no NVIDIA GPU or driver found); using the CPU\n"
+
+
+@REAL_CUPY
+def test_real_cupy_on_a_driver_older_than_its_cuda_names_the_cupy_to_install(monkeypatch):
+    import cupy
+
+    built = cupy.cuda.runtime.runtimeGetVersion() // 1000  # 13 for cupy-cuda13x
+    monkeypatch.setattr(cupy.cuda.runtime, "driverGetVersion", lambda: 11040)
+    with pytest.raises(DeviceError, match=re.escape(
+        f"the NVIDIA driver supports CUDA 11.4, older than the CUDA {built} of this CuPy "
+        f"(cupy-cuda{built}x); update the NVIDIA driver"
+    )):  # fmt: skip
+        get_backend("gpu")
 
 
 def test_a_gpu_that_cannot_compute_is_one_line_and_auto_falls_back(cupy_standin, monkeypatch,
@@ -136,8 +164,24 @@ def test_a_gpu_that_cannot_compute_is_one_line_and_auto_falls_back(cupy_standin,
     monkeypatch.setattr(cupy.ndarray, "__mul__", no_nvrtc)
     with pytest.raises(DeviceError, match=r"CuPy cannot run on cuda:0 \(RuntimeError: NVRTC_ERROR"):
         get_backend("gpu")
+    backend_module._say_once.cache_clear()  # auto says why once per process
     assert get_backend("auto").name == "numpy"
-    err = capsys.readouterr().err
+    assert capsys.readouterr().err == "xpmlp: no GPU (CuPy cannot run on cuda:0); using the CPU\n"
+
+
+def test_a_gpu_that_computes_wrong_results_is_refused_and_auto_falls_back(
+    cupy_standin, monkeypatch, capsys
+):
+    import cupy
+
+    right = cupy.ndarray.__mul__
+    monkeypatch.setattr(cupy.ndarray, "__mul__", lambda self, other: right(self, other * 1.5))
+    with pytest.raises(DeviceError, match=re.escape(
+        "cuda:0 computes wrong results (the probe gave 279.0, expected 196); check the CUDA setup"
+    )):  # fmt: skip
+        get_backend("gpu")
+    backend_module._say_once.cache_clear()
+    assert get_backend("auto").name == "numpy"
     assert (
-        err.startswith("xpmlp: no usable GPU (CuPy cannot run on cuda:0") and err.count("\n") == 1
+        capsys.readouterr().err == "xpmlp: no GPU (cuda:0 computes wrong results); using the CPU\n"
     )

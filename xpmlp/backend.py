@@ -16,6 +16,7 @@ Device specs
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import importlib
 import importlib.util
@@ -28,10 +29,29 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .errors import ConfigError, DeviceError
+from .errors import ConfigError, DeviceError, GpuUnavailableError
 
 DTYPES = ("float32", "float64")
-CUDA_INSTALL_HINT = 'pip install "xpmlp[cuda12]" (or "xpmlp[cuda13]" for CUDA 13 drivers), which brings CuPy with its CUDA runtime libraries'
+CUDA_MAJORS = (12, 13)  # the CuPy packages of pyproject.toml's cuda12 and cuda13 extras
+_CUDA_ERROR_NO_DEVICE = 100  # cudaErrorNoDevice
+
+
+def cupy_package(cuda_major: int) -> str:
+    """The pip requirement of the CuPy built for ``cuda_major`` (with its CUDA runtime libraries)."""
+    return f"cupy-cuda{cuda_major}x[ctk]>=14"
+
+
+def cupy_install_hint(cuda_major: int | None = None) -> str:
+    """How to install CuPy, from an installed xpmlp and from a checkout, for one CUDA major or
+    (None) for either."""
+    majors = [cuda_major] if cuda_major else list(CUDA_MAJORS)
+    wheels = " or ".join(f'pip install "{cupy_package(major)}"' for major in majors)
+    extras = " or ".join(f'".[cuda{major}]"' for major in majors)
+    which = "" if cuda_major else " (the CUDA major nvidia-smi shows)"
+    return f"{wheels}{which}; in an xpmlp checkout, pip install {extras} (add -e if editable)"
+
+
+CUDA_INSTALL_HINT = cupy_install_hint()
 
 
 @dataclass(frozen=True)
@@ -100,12 +120,17 @@ class Backend:
                 y = x * 2.0 + 1.0  # compiles an elementwise kernel
                 total = float(xp.sum(y @ xp.matrix_transpose(x)))  # cuBLAS
         except Exception as exc:
-            raise DeviceError(
-                f"CuPy cannot run on {self.spec} ({_first_line(exc)}); install the CUDA runtime "
-                f"libraries CuPy needs: {CUDA_INSTALL_HINT}"
+            raise GpuUnavailableError(
+                f"CuPy cannot run on {self.spec}",
+                f"install the CUDA runtime libraries CuPy needs: {CUDA_INSTALL_HINT}",
+                detail=_first_line(exc),
             ) from exc
         if total != 196.0:  # sum of (2x + 1) @ x.T for x = [[0, 1, 2], [3, 4, 5]]
-            raise DeviceError(f"{self.spec} computed a wrong probe result ({total}, expected 196)")
+            raise GpuUnavailableError(
+                f"{self.spec} computes wrong results",
+                "check the CUDA setup (driver, CuPy, its CUDA libraries)",
+                detail=f"the probe gave {total}, expected 196",
+            )
 
     def activate(self):
         """A context in which this backend's device is the current one (CuPy creates arrays and
@@ -252,18 +277,123 @@ def _cuda_index(spec: str) -> int:
     return int(index)
 
 
+def _cupy_backend(index: int) -> Backend:
+    cupy = _import_cupy()
+    _check_driver(cupy.cuda.runtime)
+    count = _device_count(cupy.cuda.runtime)
+    if index >= count:
+        raise DeviceError(f"no CUDA device cuda:{index}; this machine has {count}")
+    import array_api_compat.cupy as xp
+
+    backend = Backend("cupy", f"cuda:{index}", xp, cupy.cuda.Device(index))
+    backend.probe()
+    return backend
+
+
 def _import_cupy():
+    """CuPy, or the fault that keeps it from a GPU: with no NVIDIA driver that is the fault
+    whatever else is wrong, as installing or repairing CuPy would not help."""
     try:
         return importlib.import_module("cupy")
-    except ImportError as exc:
-        raise DeviceError(
-            f"a GPU was requested but CuPy is not installed; {CUDA_INSTALL_HINT}"
+    except Exception as exc:
+        driver = _driver_cuda_version()
+        if driver is None:
+            raise _no_driver() from exc
+        if isinstance(exc, ImportError):
+            raise GpuUnavailableError("CuPy is not installed", _install_for(driver)) from exc
+        raise GpuUnavailableError(  # e.g. a HOME it cannot write its kernel cache into
+            "CuPy fails to import",
+            "if it cannot write its kernel cache, set CUPY_CACHE_DIR to a writable directory",
+            detail=_first_line(exc),
         ) from exc
-    except Exception as exc:  # e.g. a HOME it cannot write its kernel cache into
-        raise DeviceError(
-            f"CuPy is installed but fails to import ({_first_line(exc)}); if it cannot write its "
-            "kernel cache, set CUPY_CACHE_DIR to a writable directory"
-        ) from exc
+
+
+def _driver_library() -> ctypes.CDLL:
+    """The NVIDIA driver's CUDA library; OSError where it is not installed."""
+    return ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+
+
+def _driver_cuda_version() -> int | None:
+    """The CUDA version the NVIDIA driver supports (12080 for 12.8), asked without CuPy: None
+    where no driver is installed, 0 where it does not say."""
+    try:
+        library = _driver_library()
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    return version.value if library.cuDriverGetVersion(ctypes.byref(version)) == 0 else 0
+
+
+def _no_driver() -> GpuUnavailableError:
+    return GpuUnavailableError(
+        "no NVIDIA GPU or driver found",
+        "the NVIDIA driver's CUDA library (libcuda) cannot be loaded; use the cpu device, or "
+        "install the NVIDIA driver if this machine has an NVIDIA GPU",
+    )
+
+
+def _install_for(driver: int) -> str:
+    """How to install the CuPy that runs on a driver supporting CUDA ``driver`` (0: unknown)."""
+    major = driver // 1000
+    if not driver:
+        return f"install it with {CUDA_INSTALL_HINT}"
+    if major < min(CUDA_MAJORS):
+        return (
+            f"the NVIDIA driver supports CUDA {_version(driver)} and CuPy needs "
+            f"{min(CUDA_MAJORS)} or newer: update the driver, then {CUDA_INSTALL_HINT}"
+        )
+    return f"install it with {cupy_install_hint(min(major, max(CUDA_MAJORS)))}"
+
+
+def _version(cuda: int) -> str:
+    return f"{cuda // 1000}.{cuda % 1000 // 10}"
+
+
+def _check_driver(runtime) -> None:
+    """Refuse a missing driver (CUDA's runtime reports version 0 then) or one older than the
+    CUDA major CuPy was built for (a newer minor of the same major runs)."""
+    try:
+        driver, built = runtime.driverGetVersion(), runtime.runtimeGetVersion()
+    except Exception:  # the device count below reports the fault
+        return
+    if driver == 0:
+        raise _no_driver()
+    have, need = driver // 1000, built // 1000
+    if have >= need:
+        return
+    fix = "update the NVIDIA driver"
+    if have in CUDA_MAJORS:
+        fix = f"pip uninstall cupy-cuda{need}x, then {cupy_install_hint(have)}; or {fix}"
+    else:
+        fix += f" (CuPy needs CUDA {min(CUDA_MAJORS)} or newer)"
+    raise GpuUnavailableError(
+        f"the NVIDIA driver supports CUDA {_version(driver)}, older than the CUDA {need} "
+        f"of this CuPy (cupy-cuda{need}x)",
+        fix,
+    )
+
+
+def _device_count(runtime) -> int:
+    try:
+        count = runtime.getDeviceCount()
+    except Exception as exc:
+        if getattr(exc, "status", None) != _CUDA_ERROR_NO_DEVICE and "NoDevice" not in str(exc):
+            raise GpuUnavailableError(
+                "CuPy cannot reach the GPU",
+                "check the NVIDIA driver with nvidia-smi",
+                detail=_first_line(exc),
+            ) from exc
+        count = 0
+    if count == 0:
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        hides = (
+            f"CUDA_VISIBLE_DEVICES={hidden!r} does not hide it and " if hidden is not None else ""
+        )
+        raise GpuUnavailableError(
+            "the NVIDIA driver is installed but sees no GPU",
+            f"check that {hides}nvidia-smi lists one, or use the cpu device",
+        )
+    return count
 
 
 def _first_line(exc: BaseException) -> str:
@@ -272,35 +402,26 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _auto_backend() -> Backend:
-    """CuPy on GPU 0 when CuPy is installed and works there; else NumPy, saying why in one line
-    when CuPy is installed but cannot run."""
-    if "cupy" not in sys.modules and importlib.util.find_spec("cupy") is None:
+    """CuPy on GPU 0 when CuPy is installed and works there; else NumPy, saying why in one short
+    line (once per process) when CuPy is installed but cannot run."""
+    if not _cupy_installed():
         return get_backend("cpu")
     try:
         return _cupy_backend(0)
-    except DeviceError as exc:
-        print(f"xpmlp: no usable GPU ({exc}); running on the CPU", file=sys.stderr)
+    except GpuUnavailableError as exc:
+        _say_once(f"xpmlp: no GPU ({exc.reason}); using the CPU")
         return get_backend("cpu")
 
 
-def _cupy_backend(index: int) -> Backend:
-    cupy = _import_cupy()
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        raise DeviceError(
-            f"CuPy is installed but sees no CUDA device ({_first_line(exc)}); check the NVIDIA "
-            f"driver, or that the CuPy package matches it: {CUDA_INSTALL_HINT}"
-        ) from exc
-    if count == 0:
-        raise DeviceError("CuPy sees no CUDA device on this machine")
-    if index >= count:
-        raise DeviceError(f"no CUDA device cuda:{index}; this machine has {count}")
-    import array_api_compat.cupy as xp
+def _cupy_installed() -> bool:
+    if "cupy" in sys.modules:
+        return sys.modules["cupy"] is not None  # None: an import blocked on purpose
+    return importlib.util.find_spec("cupy") is not None
 
-    backend = Backend("cupy", f"cuda:{index}", xp, cupy.cuda.Device(index))
-    backend.probe()
-    return backend
+
+@functools.cache
+def _say_once(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _strict_backend(spec: str) -> Backend:

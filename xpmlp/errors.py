@@ -13,6 +13,15 @@ class DeviceError(XpmlpError, RuntimeError):
     """The requested device or array backend is not available."""
 
 
+class GpuUnavailableError(DeviceError):
+    """No usable GPU here: ``reason`` names the fault in a few words; the message adds what CUDA
+    said (``detail``) and the fix."""
+
+    def __init__(self, reason: str, fix: str, *, detail: str = ""):
+        super().__init__(f"{reason} ({detail}); {fix}" if detail else f"{reason}; {fix}")
+        self.reason = reason
+
+
 class DataError(XpmlpError, ValueError):
     """Input data is malformed: wrong shape, labels out of range, NaN, unreadable file."""
 
