@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from optional import has, reason
 
 from xpmlp import MLP, DataError, DeviceError, Trainer, evaluate, get_backend, to_numpy
 from xpmlp import backend as backend_module
@@ -91,16 +92,6 @@ def test_an_operation_across_devices_is_refused_as_cupy_does(cupy_standin):
 # ---------------------------------------------------------------------- real CuPy, no GPU
 
 
-def _real_cupy_installed() -> bool:
-    import importlib.util
-    import os
-
-    found = importlib.util.find_spec("cupy") is not None
-    if not found and os.environ.get("XPMLP_REQUIRE_CUPY") == "1":
-        pytest.fail("XPMLP_REQUIRE_CUPY=1 but CuPy is not installed (CI installs cupy-cuda13x)")
-    return found
-
-
 def _cli(*args, home):
     import os
     import subprocess
@@ -112,9 +103,7 @@ def _cli(*args, home):
                           env=env, timeout=120)  # fmt: skip
 
 
-REAL_CUPY = pytest.mark.skipif(
-    not _real_cupy_installed(), reason="needs CuPy installed (with or without GPU)"
-)
+REAL_CUPY = pytest.mark.skipif(not has("cupy"), reason=reason("cupy"))
 
 
 @REAL_CUPY
