@@ -324,6 +324,12 @@ def test_load_dataset_bad_arguments(tmp_path):
         load_dataset("cifar")
     with raises_one_line(DataError, "does not exist", tmp_path / "nope"):
         load_dataset("mnist", data_dir=tmp_path / "nope")
+    with pytest.raises(ConfigError) as info:
+        load_dataset("fashion-mnsit")
+    assert str(info.value) == (
+        "unknown dataset 'fashion-mnsit'; built-in: mnist, fashion-mnist; "
+        "did you mean 'fashion-mnist'?"
+    )
 
 
 def test_not_found_message_offers_both_ways(isolated):
