@@ -644,19 +644,25 @@ def test_device_command_probes_the_device(capsys, cupy_standin):
     assert cupy_standin.launches > 0 and cupy_standin.syncs >= 1
 
 
-def test_evaluate_names_the_classes_of_a_built_in_dataset(tmp_path, capsys):
-    from xpmlp.datasets import CLASS_NAMES, FILENAMES
+def _fake_fashion_mnist(folder: Path) -> list[str]:
+    """Tiny IDX files standing in for Fashion-MNIST (4x4 images); returns the train command."""
+    from xpmlp.datasets import FILENAMES
     from xpmlp.idx import write_idx
 
     rng = np.random.default_rng(0)
-    folder = tmp_path / "fmnist"
     folder.mkdir()
     for name, array in zip(FILENAMES, (rng.integers(0, 256, (50, 4, 4), dtype=np.uint8),
                                        np.arange(50, dtype=np.uint8) % 10,
                                        rng.integers(0, 256, (20, 4, 4), dtype=np.uint8),
                                        np.arange(20, dtype=np.uint8) % 10)):  # fmt: skip
         write_idx(folder / name, array)
-    common = ["--dataset", "fashion-mnist", "--data-dir", str(folder), "--device", "cpu"]
+    return ["--dataset", "fashion-mnist", "--data-dir", str(folder), "--device", "cpu"]
+
+
+def test_evaluate_names_the_classes_of_a_built_in_dataset(tmp_path, capsys):
+    from xpmlp.datasets import CLASS_NAMES
+
+    common = _fake_fashion_mnist(tmp_path / "fmnist")
     assert main(["train", *common, "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "r"),
                  "--quiet"]) == 0  # fmt: skip
     capsys.readouterr()
@@ -665,3 +671,104 @@ def test_evaluate_names_the_classes_of_a_built_in_dataset(tmp_path, capsys):
     assert "Ankle boot:" in out and "T-shirt/top:" in out
     assert main(["evaluate", str(tmp_path / "r"), *common, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["class_names"] == CLASS_NAMES["fashion-mnist"]
+
+
+# ---------------------------------------------------------------------- a new user's data
+
+
+def _headerless_csv(path: Path, n_rows=3000) -> Path:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n_rows, 4)).round(3)
+    y = (X @ rng.normal(size=(4, 3))).argmax(axis=1)
+    path.write_text("".join(f"{label},{','.join(map(str, row))}\n" for label, row in zip(y, X)))
+    return path
+
+
+def test_headerless_csv_trains_on_every_row(tmp_path, capsys):
+    data = _headerless_csv(tmp_path / "h.csv")
+    argv = ["train", "--device", "cpu", "--dataset", str(data), "--hidden", "8", "--epochs", "1",
+            "--out", str(tmp_path / "r"), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"xpmlp: error: {data} has no header row (line 1 is numbers like the rest), so no column "
+        "'label'; choose the label column by index: --label-column 0 for the first, -1 for the "
+        "last\n"
+    )
+    assert main([*argv, "--label-column", "0"]) == 0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["n_train"] == 3000  # 3,000 rows in, 3,000 used
+
+
+def test_missing_label_column_suggests_the_flag(tmp_path, capsys):
+    (tmp_path / "d.csv").write_text("\ufeffclass,a,b\n1,2,3\n0,3,4\n")  # with a BOM
+    argv = ["train", "--device", "cpu", "--dataset", str(tmp_path / "d.csv"), "--hidden", "8",
+            "--epochs", "1", "--out", str(tmp_path / "r"), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"xpmlp: error: no column 'label' in {tmp_path / 'd.csv'} (columns: class, a, b); choose "
+        "the label column with --label-column NAME_OR_INDEX\n"
+    )
+    assert main([*argv, "--label-column", "class"]) == 0  # the BOM is not part of 'class'
+
+
+@pytest.mark.parametrize(
+    ("dataset", "expect"),
+    [
+        ("fashion-mnsit", "unknown dataset 'fashion-mnsit'; built-in: mnist, fashion-mnist; "
+                          "did you mean 'fashion-mnist'?"),
+        ("cifar10", "unknown dataset 'cifar10'; built-in: mnist, fashion-mnist"),
+        ("data/train.csv", "no such file: {}/data/train.csv (built-in datasets: mnist, "
+                           "fashion-mnist)"),
+    ],
+)  # fmt: skip
+def test_an_unknown_dataset_lists_the_built_in_ones(tmp_path, capsys, monkeypatch, dataset, expect):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--device", "cpu", "--dataset", dataset, "--quiet"]) == 2
+    assert capsys.readouterr().err == f"xpmlp: error: {expect.format(tmp_path)}\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_predict_prints_the_names_of_a_built_in_datasets_classes(tmp_path, capsys):
+    from xpmlp.datasets import CLASS_NAMES
+
+    common = _fake_fashion_mnist(tmp_path / "fmnist")
+    assert main(["train", *common, "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0  # fmt: skip
+    np.savez(tmp_path / "x.npz", X=np.random.default_rng(1).integers(0, 256, (30, 16)))
+    capsys.readouterr()
+    predict = ["predict", str(tmp_path / "r"), str(tmp_path / "x.npz"), "--device", "cpu"]
+    assert main(predict) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 30 and set(printed) <= set(CLASS_NAMES["fashion-mnist"])
+    assert main([*predict, "--output", str(tmp_path / "p.npz")]) == 0
+    with np.load(tmp_path / "p.npz") as saved:
+        assert saved["labels"].dtype == np.int64  # the label values stay
+        assert saved["names"].tolist() == printed
+        assert saved["class_names"].tolist() == CLASS_NAMES["fashion-mnist"]
+        assert [CLASS_NAMES["fashion-mnist"][label] for label in saved["labels"]] == printed
+
+
+def test_text_labels_are_the_classes_predict_prints(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3)).round(3)
+    names = ["setosa", "versicolor", "virginica"]
+    species = np.array(names)[(X @ rng.normal(size=(3, 3))).argmax(axis=1)]
+    (tmp_path / "d.csv").write_text("species,a,b,c\n" + "".join(
+        f"{s},{','.join(map(str, row))}\n" for s, row in zip(species, X)))  # fmt: skip
+    np.savez(tmp_path / "x.npz", X=X[:20])
+    assert main(["train", "--device", "cpu", "--dataset", str(tmp_path / "d.csv"), "--label-column",
+                 "species", "--hidden", "8", "--epochs", "2", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert checkpoint.load(tmp_path / "r")["meta"]["classes"] == names
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "r"), str(tmp_path / "x.npz"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 20 and set(printed) <= set(names)
+    assert main(["evaluate", str(tmp_path / "r"), "--dataset", str(tmp_path / "d.csv"),
+                 "--label-column", "species", "--device", "cpu"]) == 0  # fmt: skip
+    assert "per-class accuracy: setosa:" in capsys.readouterr().out
+    (tmp_path / "n.csv").write_text("species,a,b,c\n1,5,5,5\n")
+    _bad(tmp_path, ["evaluate", str(tmp_path / "r"), "--dataset", str(tmp_path / "n.csv"),
+                    "--label-column", "species", "--device", "cpu"], capsys,
+         expect="label 1 at row 0 of the labels of {} is a number; the model's classes are "
+                "text: setosa, versicolor, virginica".format(tmp_path / "n.csv"))  # fmt: skip

@@ -325,6 +325,12 @@ def test_load_dataset_bad_arguments(tmp_path):
         load_dataset("cifar")
     with raises_one_line(DataError, "does not exist", tmp_path / "nope"):
         load_dataset("mnist", data_dir=tmp_path / "nope")
+    with pytest.raises(ConfigError) as info:
+        load_dataset("fashion-mnsit")
+    assert str(info.value) == (
+        "unknown dataset 'fashion-mnsit'; built-in: mnist, fashion-mnist; "
+        "did you mean 'fashion-mnist'?"
+    )
 
 
 def test_not_found_message_offers_both_ways(isolated):
@@ -480,7 +486,7 @@ def test_load_npz_accepts_integral_float_labels(tmp_path):
         ({"X": np.zeros((3, 2)), "y": np.array([0.0, 1.0, 1.5])}, ["1.5", "row 2"]),
         ({"X": np.zeros((3, 2)), "y": np.array([0, 2**40, 1])}, ["1099511627776", "row 1"]),
         ({"X": np.zeros((3, 2)), "y": np.array([0.0, np.nan, 1.0])}, ["nan", "row 1"]),
-        ({"X": np.zeros((3, 2)), "y": np.array(["a", "b", "c"])}, ["integers"]),
+        ({"X": np.zeros((3, 2)), "y": np.array(["a", "", "c"])}, ["label at row 1", "empty"]),
         ({"X": np.array([["a", "b"]]), "y": np.array([1])}, ["dtype <U1"]),
         ({"X": np.array([[None, 1]], dtype=object), "y": np.array([1])}, ["cannot read"]),
     ],
@@ -538,6 +544,75 @@ def test_load_csv_errors(tmp_path, content, label_column, fragments):
     (tmp_path / "bad.csv").write_text(content)
     with raises_one_line(DataError, *fragments, tmp_path / "bad.csv"):
         load_arrays(tmp_path / "bad.csv", label_column=label_column)
+
+
+def _headerless_csv(path: Path, n_rows=3000) -> np.ndarray:
+    """A CSV without a header: label first, then four features; returns the labels written."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, n_rows)
+    X = rng.normal(size=(n_rows, 4)).round(3)
+    path.write_text("".join(f"{label},{','.join(map(str, row))}\n" for label, row in zip(y, X)))
+    return y
+
+
+@pytest.mark.parametrize("label_column", [0, -5])
+def test_headerless_csv_keeps_its_first_row(tmp_path, label_column):
+    y_written = _headerless_csv(tmp_path / "h.csv")
+    X, y = load_arrays(tmp_path / "h.csv", label_column=label_column)
+    assert X.shape == (3000, 4) and len(y) == 3000  # 3,000 in, 3,000 used
+    np.testing.assert_array_equal(y, y_written)
+
+
+@pytest.mark.parametrize("label_column", ["label", "species"])
+def test_headerless_csv_needs_an_index(tmp_path, label_column):
+    _headerless_csv(tmp_path / "h.csv", n_rows=5)
+    with pytest.raises(DataError) as info:
+        load_arrays(tmp_path / "h.csv", label_column=label_column)
+    assert str(info.value) == (
+        f"{tmp_path / 'h.csv'} has no header row (line 1 is numbers like the rest), so no column "
+        f"{label_column!r}; choose the label column by index: --label-column 0 for the first, -1 "
+        "for the last"
+    )
+
+
+def test_csv_byte_order_mark_is_not_part_of_the_first_name(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("\ufefflabel,a\n1,2\n0,3\n".encode())
+    X, y = load_arrays(tmp_path / "bom.csv")
+    np.testing.assert_array_equal(X, [[2], [3]])
+    np.testing.assert_array_equal(y, [1, 0])
+
+
+def test_missing_label_column_suggests_the_flag(tmp_path):
+    (tmp_path / "d.csv").write_text("class,a,b,c,d,e\n1,2,3,4,5,6\n")
+    with pytest.raises(DataError) as info:
+        load_arrays(tmp_path / "d.csv")
+    assert str(info.value) == (
+        f"no column 'label' in {tmp_path / 'd.csv'} (columns: class, a, b, c, d, ... (6 in all)); "
+        "choose the label column with --label-column NAME_OR_INDEX"
+    )
+
+
+def test_csv_text_labels_are_classes(tmp_path):
+    (tmp_path / "t.csv").write_text("a,species\n1,cat\n2,dog\n3,cat\n")
+    X, y = load_arrays(tmp_path / "t.csv", label_column="species")
+    np.testing.assert_array_equal(X, [[1], [2], [3]])
+    assert y.tolist() == ["cat", "dog", "cat"]
+    (tmp_path / "h.csv").write_text("cat,1\ndog,2\n")  # headerless with text labels
+    assert load_arrays(tmp_path / "h.csv", label_column=0)[1].tolist() == ["cat", "dog"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        ("a,label\n1,cat\n2,dog\n3,4\n", "label '4' at line 4 of {} is a number among text labels"),
+        ("a,label\n1,0\n2,1\n3,x\n", "label 'x' at line 4 of {} is text among numeric labels"),
+        ("a,label\n1,0\n2,\n", "label '' at line 3 of {} is empty; every row needs a label"),
+    ],
+)
+def test_csv_labels_are_numbers_or_text(tmp_path, content, expect):
+    (tmp_path / "bad.csv").write_text(content)
+    with raises_one_line(DataError, expect.format(tmp_path / "bad.csv")):
+        load_arrays(tmp_path / "bad.csv")
 
 
 def test_load_csv_not_utf8(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets, reporting, userdata
+from . import reporting, userdata
 from ._version import __version__
 from .backend import get_backend, to_numpy
 from .config import DataConfig, TrainConfig
@@ -42,7 +42,7 @@ from .model import MLP
 from .ops import ACTIVATIONS
 from .optim import OPTIMIZERS, SCHEDULES
 from .prepare import Prepared, load_data, prepare, scaled
-from .runs import RunDir, classes_of, load_model, model_of, scaler_of, versions
+from .runs import RunDir, class_names_of, classes_of, load_model, model_of, scaler_of, versions
 from .training import Trainer
 
 DEFAULT_HIDDEN = (300, 300)
@@ -390,10 +390,11 @@ def cmd_evaluate(args) -> int:
     metrics = evaluate(model, X, y)
     confusion = metrics["confusion_matrix"]
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    names = class_names_of(ckpt, classes, dataset=args.dataset if data.builtin else None)
     result = {
         "checkpoint": str(ckpt["path"]), "dataset": args.dataset, "samples": len(y),
         "loss": metrics["loss"], "accuracy": metrics["accuracy"], "classes": classes.tolist(),
-        "class_names": datasets.CLASS_NAMES.get(args.dataset) if data.builtin else None,
+        "class_names": names,
         "per_class_accuracy": per_class.tolist(), "confusion_matrix": confusion.tolist(),
     }  # fmt: skip
     if args.json:
@@ -401,8 +402,7 @@ def cmd_evaluate(args) -> int:
         return 0
     print(f"{result['checkpoint']} on {args.dataset} ({len(y)} samples): "
           f"loss {metrics['loss']:.4f}  accuracy {metrics['accuracy']:.4f}")  # fmt: skip
-    names = datasets.CLASS_NAMES.get(args.dataset) if data.builtin else None
-    labels = [names[c] if names else str(c) for c in classes]
+    labels = names or [str(c) for c in classes]
     print("per-class accuracy: " + "  ".join(f"{c}:{a:.3f}" for c, a in zip(labels, per_class)))
     print("confusion matrix (rows: true class, columns: predicted; classes " +
           " ".join(map(str, classes)) + "):")  # fmt: skip
@@ -417,13 +417,16 @@ def cmd_predict(args) -> int:
     classes = classes_of(ckpt, model)
     X = _scale_input(userdata.load_features(args.input), scaler, model, where=str(args.input))
     probabilities = to_numpy(model.predict_proba(X))
-    labels = classes[probabilities.argmax(axis=1)]  # in the labels' own values
+    index = probabilities.argmax(axis=1)
+    labels = classes[index]  # in the labels' own values
+    names = class_names_of(ckpt, classes)
+    named = {} if names is None else {"names": np.asarray(names)[index], "class_names": names}
     if args.output:
         write_atomic(args.output, lambda h: np.savez(h, labels=labels, probabilities=probabilities,
-                                                     classes=classes))  # fmt: skip
+                                                     classes=classes, **named))  # fmt: skip
         print(f"wrote {len(labels)} predictions to {args.output}", file=sys.stderr)
     else:
-        sys.stdout.write("".join(f"{label}\n" for label in labels))
+        sys.stdout.write("".join(f"{label}\n" for label in named.get("names", labels)))
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
 
+from .datasets import looks_like_name
 from .errors import ConfigError
 from .inputs import SCALING_METHODS
 from .optim import OPTIMIZERS, SCHEDULES
@@ -200,12 +201,14 @@ class DataConfig(_Settings):
         return self.dataset in BUILTIN_DATASETS
 
     def absolute(self) -> DataConfig:
-        """The same settings with file paths made absolute, so a run resumes from anywhere."""
+        """The same settings with file paths made absolute, so a run resumes from anywhere. A
+        name that is no file (a misspelled built-in) stays as typed, for the error naming it."""
 
         def resolve(path):
             return None if path is None else str(Path(path).expanduser().resolve())
 
-        dataset = self.dataset if self.builtin else resolve(self.dataset)
+        is_name = looks_like_name(self.dataset) and not Path(self.dataset).expanduser().exists()
+        dataset = self.dataset if self.builtin or is_name else resolve(self.dataset)
         return self.replace(
             dataset=dataset,
             test_dataset=resolve(self.test_dataset),

@@ -7,6 +7,7 @@ is wrong and where.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import http.client
 import logging
@@ -153,8 +154,25 @@ def load_dataset(name: str, *, data_dir=None, download: bool = True) -> Dataset:
 def _canonical_name(name: str) -> str:
     canonical = str(name).lower().replace("_", "-")
     if canonical not in N_CLASSES:
-        raise ConfigError(f"unknown dataset {name!r}; built-in datasets: {', '.join(N_CLASSES)}")
+        raise unknown_dataset(str(name))
     return canonical
+
+
+def unknown_dataset(text: str) -> ConfigError | DataError:
+    """The error for a dataset that is neither a built-in name nor an existing file: a name-like
+    one (no folder, no .npz/.csv) gets the built-in names and the closest one; a path, no such file.
+    """
+    builtin = ", ".join(N_CLASSES)
+    if not looks_like_name(text):
+        return DataError(f"no such file: {text} (built-in datasets: {builtin})")
+    close = difflib.get_close_matches(text.lower().replace("_", "-"), N_CLASSES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown dataset {text!r}; built-in: {builtin}{hint}")
+
+
+def looks_like_name(text: str) -> bool:
+    """Whether a dataset argument reads as a name, not a path: no folder, no .npz/.csv suffix."""
+    return not ("/" in text or os.sep in text or Path(text).suffix.lower() in (".npz", ".csv"))
 
 
 def _cache_dir(name: str) -> Path:

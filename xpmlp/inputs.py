@@ -68,20 +68,22 @@ def find_classes(*labels, where: str) -> np.ndarray:
     """The classes of a classification problem: the sorted distinct labels (as scikit-learn).
 
     Output ``k`` of a model stands for ``classes[k]``: labels {0, 1, 2, 99} make four classes,
-    not a hundred.
+    not a hundred; text labels {"cat", "dog"} make two.
 
     Parameters
     ----------
     *labels : arrays of shape (n_i,)
-        Label arrays (training, test), each checked by :func:`check_labels`.
+        Label arrays (training, test): text, or whole numbers checked by :func:`check_labels`.
     where : str
         For the message.
 
     Returns
     -------
-    array of shape (n_classes,), int64, sorted
+    array of shape (n_classes,), int64 or str, sorted
     """
-    arrays = [check_labels(y, where=where) for y in labels if y is not None]
+    arrays = [_class_labels(y, where) for y in labels if y is not None]
+    if len({y.dtype.kind for y in arrays}) > 1:
+        raise DataError(f"{where} are text in one file and numbers in another")
     classes = np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, np.int64)
     if len(classes) < 2:
         raise DataError(
@@ -100,17 +102,29 @@ def encode_labels(y, classes, *, where: str) -> np.ndarray:
 
     A label that is not one of ``classes`` is a DataError naming it and its row.
     """
-    y = check_labels(y, where=where)
-    classes = np.asarray(classes, np.int64)
+    y, classes = _class_labels(y, where), np.asarray(classes)
+    shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
+    if (y.dtype.kind == "U") != (classes.dtype.kind == "U"):
+        kind = ("text", "numbers") if y.dtype.kind == "U" else ("a number", "text")
+        raise DataError(
+            f"label {y[0].item()!r} at row 0 of {where} is {kind[0]}; the model's classes are "
+            f"{kind[1]}: {shown}"
+        )
     index = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
     unknown = classes[index] != y
     if unknown.any():
         row = int(np.argmax(unknown))
-        shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
         raise DataError(
-            f"label {y[row]} at row {row} of {where} is not one of the model's classes ({shown})"
+            f"label {y[row].item()!r} at row {row} of {where} is not one of the model's classes "
+            f"({shown})"
         )
     return index
+
+
+def _class_labels(y, where: str) -> np.ndarray:
+    """Text labels as they are; numbers checked by :func:`check_labels`."""
+    y = np.asarray(y)
+    return y if y.dtype.kind == "U" and y.ndim == 1 else check_labels(y, where=where)
 
 
 def check_finite(X, *, where: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, reporting
+from . import checkpoint, datasets, reporting
 from ._version import __version__
 from .errors import CheckpointError, ConfigError
 from .inputs import Scaler
@@ -162,7 +162,7 @@ class RunDir:
             "trainer": state["meta"],
             "data": data,
             "scaling": scaler.method if scaler is not None else None,
-            "classes": None if classes is None else [int(c) for c in classes],
+            "classes": None if classes is None else np.asarray(classes).tolist(),
             "rng": {"seed": state["meta"]["config"]["seed"],
                     "streams": "numpy.random.default_rng([seed, purpose, epoch]); resumes at "
                                f"epoch {epoch}"},
@@ -249,14 +249,29 @@ def model_of(ckpt: dict, *, device="cpu") -> MLP:
 
 
 def classes_of(ckpt: dict, model: MLP) -> np.ndarray:
-    """The label each output of a checkpoint's classifier stands for (0..k-1 when not recorded)."""
+    """The label each output of a checkpoint's classifier stands for (0..k-1 when not recorded):
+    int64, or str for text labels."""
     saved = ckpt["meta"].get("classes")
     classes = np.arange(model.n_outputs) if saved is None else np.asarray(saved)
-    if classes.ndim != 1 or len(classes) != model.n_outputs or classes.dtype.kind not in "iu":
+    if classes.ndim != 1 or len(classes) != model.n_outputs or classes.dtype.kind not in "iuU":
         raise CheckpointError(
             f"{ckpt['path']} records {classes.size} classes for a model with {model.n_outputs} outputs"
         )
-    return classes.astype(np.int64)
+    return classes if classes.dtype.kind == "U" else classes.astype(np.int64)
+
+
+def class_names_of(ckpt: dict, classes: np.ndarray, *, dataset: str | None = None):
+    """What each class is called, where that is known: text labels name themselves; a run on a
+    built-in dataset (or, failing that, ``dataset``) has that dataset's names. Else None."""
+    if classes.dtype.kind == "U":
+        return classes.tolist()
+    data = ckpt["meta"].get("data")
+    trained_on = data.get("dataset") if isinstance(data, dict) else None
+    for name in (trained_on, dataset):
+        names = datasets.CLASS_NAMES.get(name) if isinstance(name, str) else None
+        if names is not None and classes.tolist() == list(range(len(names))):
+            return list(names)
+    return None
 
 
 def versions() -> dict:

@@ -23,9 +23,10 @@ MAX_ARRAY_BYTES = 16 * 2**30  # a user array declaring more is refused before al
 def load_arrays(path, *, label_column="label") -> tuple[np.ndarray, np.ndarray]:
     """Load features and labels from a ``.npz`` or ``.csv`` file.
 
-    A ``.npz`` file must hold arrays ``X`` and ``y`` (no pickled objects). A ``.csv`` file needs a
-    header row; the label column is chosen by name or integer index, every other column is a
-    feature.
+    A ``.npz`` file must hold arrays ``X`` and ``y`` (no pickled objects). In a ``.csv`` file the
+    label column is chosen by header name or integer index, every other column is a feature. A
+    first row of numbers like the rows after it is data: the file has no header, and its label
+    column goes by index. A UTF-8 byte order mark is ignored.
 
     Parameters
     ----------
@@ -37,8 +38,8 @@ def load_arrays(path, *, label_column="label") -> tuple[np.ndarray, np.ndarray]:
     -------
     X : array of shape (n_samples, n_features)
         Finite values; the stored dtype for ``.npz``, float64 for ``.csv``.
-    y : array of shape (n_samples,), int64
-        Non-negative integer labels.
+    y : array of shape (n_samples,), int64 or str
+        Non-negative integer labels, or text labels (each distinct text a class).
 
     Raises
     ------
@@ -65,7 +66,11 @@ def _load_npz(path: Path):
     if y.ndim != 1:
         raise DataError(f"y in {path} has shape {y.shape}; expected (n_samples,)")
     check_rows(X, y, where=str(path))
-    return X, check_labels(y, where=str(path))
+    if y.dtype.kind != "U":
+        return X, check_labels(y, where=str(path))
+    if (y == "").any():
+        raise DataError(f"label at row {int(np.argmax(y == ''))} of {path} is empty")
+    return X, y  # text labels: each distinct text is a class
 
 
 def load_features(path) -> np.ndarray:
@@ -139,66 +144,117 @@ def _read_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path
 
 
 def _load_csv(path: Path, label_column):
-    header, table, lines = _read_csv(path)
-    col = _column_index(header, label_column, path)
-    if len(header) < 2:
+    rows, lines = _read_csv(path)
+    header = rows[0] if _is_header(rows) else None
+    if header is not None:
+        rows, lines = rows[1:], lines[1:]
+        if not rows:
+            raise DataError(f"{path} has a header but no data rows")
+    names = header or list(range(len(rows[0])))  # a headerless file's columns go by index
+    col = _column_index(header, len(names), label_column, path)
+    if len(names) < 2:
         raise DataError(f"{path} has only the label column; it needs feature columns too")
-    X = np.delete(table, col, axis=1)
+    feature_names, first = names[:col] + names[col + 1 :], "the header" if header else "line 1"
+    table = []
+    for row, line in zip(rows, lines):
+        if len(row) != len(names):
+            raise DataError(
+                f"line {line} of {path} has {len(row)} fields; {first} has {len(names)}"
+            )
+        table.append(_parse_row(row[:col] + row[col + 1 :], feature_names, line, path))
+    X = np.stack(table)
     bad = first_nonfinite_row(X)
     if bad is not None:
         raise DataError(f"features must be finite; found {X[bad]} at line {lines[bad]} of {path}")
-    return X, check_labels(table[:, col], locate=lambda i: f"line {lines[i]} of {path}")
+    return X, _parse_labels([row[col] for row in rows], lines, path)
 
 
-def _read_csv(path: Path):
-    """The header, the numeric table (n_rows, n_columns), and each row's line number."""
+def _read_csv(path: Path) -> tuple[list[list[str]], list[int]]:
+    """The non-blank rows as text, and each one's line number; a UTF-8 BOM is dropped."""
     try:
-        with path.open(newline="", encoding="utf-8") as file:
+        with path.open(newline="", encoding="utf-8-sig") as file:
             reader = csv.reader(file)
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path} is empty; expected a header row")
             rows, lines = [], []
             for row in reader:
                 if row:  # blank lines are skipped
-                    rows.append(_parse_row(row, header, reader.line_num, path))
+                    rows.append(row)
                     lines.append(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read {path} as CSV: {err}") from None
     if not rows:
-        raise DataError(f"{path} has a header but no data rows")
-    return header, np.stack(rows), lines
+        raise DataError(f"{path} is empty; expected a header row or data")
+    return rows, lines
 
 
-def _parse_row(row: list[str], header: list[str], line: int, path: Path) -> np.ndarray:
-    if len(row) != len(header):
-        raise DataError(
-            f"line {line} of {path} has {len(row)} fields; the header has {len(header)}"
-        )
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_header(rows: list[list[str]]) -> bool:
+    """Whether the first row names the columns: it has text where the next row has a number (a
+    lone row: any text). A first row of numbers like the rest is data."""
+    first = [_is_number(cell) for cell in rows[0]]
+    if len(rows) == 1 or all(first):
+        return not all(first)
+    return any(number and not named for named, number in zip(first, map(_is_number, rows[1])))
+
+
+def _parse_row(row: list[str], names: list[str], line: int, path: Path) -> np.ndarray:
     try:
         return np.asarray(row, dtype=np.float64)
     except ValueError:
         pass
-    for name, cell in zip(header, row):
-        try:
-            float(cell)
-        except ValueError:
+    for name, cell in zip(names, row):
+        if not _is_number(cell):
             raise DataError(
                 f"non-numeric value {cell!r} at line {line}, column {name!r} of {path}"
             ) from None
     return np.asarray([float(cell) for cell in row])
 
 
-def _column_index(header: list[str], label_column, path: Path) -> int:
+def _parse_labels(cells: list[str], lines: list[int], path: Path) -> np.ndarray:
+    """Whole numbers (checked by `check_labels`) or text, each kept as a class of its own."""
+    try:
+        y = np.asarray(cells, dtype=np.float64)
+    except ValueError:
+        numeric = [_is_number(cell) for cell in cells]
+        if "" in cells:
+            row, why = cells.index(""), "is empty; every row needs a label"
+        elif not any(numeric):
+            return np.asarray(cells, dtype=str)
+        elif sum(numeric) * 2 < len(cells):
+            row, why = numeric.index(True), "is a number among text labels"
+        else:
+            row, why = numeric.index(False), "is text among numeric labels"
+        if "empty" not in why:
+            why += "; a label column holds numbers or text, not both"
+        raise DataError(f"label {cells[row]!r} at line {lines[row]} of {path} {why}") from None
+    return check_labels(y, locate=lambda i: f"line {lines[i]} of {path}")
+
+
+def _column_index(header: list[str] | None, n_columns: int, label_column, path: Path) -> int:
     if isinstance(label_column, str):
+        if header is None:
+            raise DataError(
+                f"{path} has no header row (line 1 is numbers like the rest), so no column "
+                f"{label_column!r}; choose the label column by index: --label-column 0 for the "
+                "first, -1 for the last"
+            )
         if label_column not in header:
             shown = ", ".join(header[:5]) + (f", ... ({len(header)} in all)" * (len(header) > 5))
-            raise DataError(f"no column {label_column!r} in {path} (columns: {shown})")
+            raise DataError(
+                f"no column {label_column!r} in {path} (columns: {shown}); choose the label "
+                "column with --label-column NAME_OR_INDEX"
+            )
         return header.index(label_column)
     if isinstance(label_column, int) and not isinstance(label_column, bool):
-        if not -len(header) <= label_column < len(header):
+        if not -n_columns <= label_column < n_columns:
             raise DataError(
-                f"label column {label_column} is out of range: {path} has {len(header)} columns"
+                f"label column {label_column} is out of range: {path} has {n_columns} columns"
             )
-        return label_column % len(header)
+        return label_column % n_columns
     raise ConfigError(f"label_column must be a column name or index; got {label_column!r}")
