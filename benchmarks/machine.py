@@ -149,24 +149,17 @@ def _torch_info() -> dict | None:
     return info
 
 
+def _git_output(*args: str) -> str:
+    done = subprocess.run(
+        ["git", *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=10
+    )
+    return done.stdout.strip()
+
+
 def _git() -> dict | None:
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            check=False,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "xpmlp"],
-            check=False,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
+        commit = _git_output("rev-parse", "HEAD")
+        dirty = _git_output("status", "--porcelain", "--", "xpmlp")
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit or None, "xpmlp_dirty": bool(dirty)}
