@@ -110,11 +110,15 @@ def test_flop_count_matches_the_gemm_shapes():
 
 
 def test_gpu_without_a_usable_gpu_fails_with_one_line():
-    from xpmlp import get_backend
+    from xpmlp import DeviceError, get_backend
 
     if importlib.util.find_spec("cupy") and get_backend("auto").name == "cupy":
         pytest.skip("this machine has a working GPU: benchmarks/run.py --device gpu runs there")
     done = _run("--device", "gpu", "--quick", "--json", "/nonexistent/never-written.json")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "CuPy" in lines[0], done.stderr
+    assert len(lines) == 1 and "error: --device gpu: " in lines[0], done.stderr
+    try:  # the line is the device's own one-line reason
+        get_backend("gpu")
+    except DeviceError as exc:
+        assert str(exc).splitlines()[0] in lines[0], (str(exc), lines[0])
