@@ -19,7 +19,7 @@ LAYERS = {
     "inputs": 2, "ops": 2, "rng": 2, "flat": 2,
     "kernels": 3, "datasets": 3, "userdata": 3,
     "model": 4,
-    "optim": 5, "gradcheck": 5, "metrics": 5, "diagnostics": 5, "doctor": 5,
+    "optim": 5, "fitdata": 5, "gradcheck": 5, "metrics": 5, "diagnostics": 5, "doctor": 5,
     "config": 6, "runs": 6, "distributed": 6,
     "training": 7,
     "fitting": 8, "prepare": 8, "sklearn_arrays": 8,

@@ -422,12 +422,22 @@ def test_predict_in_chunks_equals_one_pass(backend, monkeypatch):
     ],
 )
 def test_bad_input_shape_raises_data_error(backend, shape, message):
+    # Named before any matmul, for device arrays and host sequences alike.
     model = MLP([4, 5, 3], device=backend)
-    X = backend.asarray(np.zeros(shape), "float32")
-    with pytest.raises(DataError, match=message):
-        model.predict(X)
-    with pytest.raises(DataError, match=message):
-        model.loss_and_grads(X, np.zeros(5, dtype=np.int64))
+    for X in (backend.asarray(np.zeros(shape), "float32"), np.zeros(shape).tolist()):
+        for method in (model.predict, model.predict_proba, model.forward, model.outputs):
+            with pytest.raises(DataError, match=message):
+                method(X)
+        with pytest.raises(DataError, match=message):
+            model.loss_and_grads(X, np.zeros(5, dtype=np.int64))
+
+
+def test_host_sequences_and_non_numbers():
+    model = MLP([2, 3], dtype="float64")
+    expected = model.predict_proba(np.array([[1.0, 2.0]]))
+    np.testing.assert_array_equal(model.predict_proba([[1, 2]]), expected)
+    with pytest.raises(DataError, match="^X has dtype <U1; expected real numbers$"):
+        model.predict(np.array([["a", "b"]]))
 
 
 def test_bad_targets_raise_data_error(backend):

@@ -127,7 +127,7 @@ def test_a_reader_writes_nothing(tmp_path, problem):
     X, y, _ = problem
     reader = RunDir(tmp_path / "r", writer=False).create()
     trainer = xpmlp.Trainer(_model(), epochs=1, **{k: v for k, v in SETTINGS.items()})
-    fitting.train_in_run(trainer, reader, X, y)
+    fitting.train_in_run(trainer, reader, trainer.check_data(X, y))
     assert not (tmp_path / "r").exists() and trainer.epoch == 1
 
 

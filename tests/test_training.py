@@ -21,6 +21,7 @@ from xpmlp import (
     Trainer,
     evaluate,
     fit,
+    get_backend,
     rng,
     to_numpy,
 )
@@ -381,6 +382,123 @@ def test_bad_training_data(backend):
         fit(
             model, np.zeros((4, 3)), np.zeros(4, dtype=np.int64), validation_data=(np.zeros(3), [0])
         )
+
+
+def _set(array, index, value):
+    array = np.array(array, dtype=np.float64)
+    array[index] = value
+    return array
+
+
+def _label(y, row, value):
+    return np.where(np.arange(len(y)) == row, value, y)
+
+
+# Bad inputs to fit (from a good X of 12 rows and 4 features, y of 3 classes) and the message
+# each gets: the command line's words, with the data set named.
+BAD_DATA = {
+    "nan in X": (
+        lambda X, y: (_set(X, (3, 2), np.nan), y, {}),
+        r"^features must be finite; found nan in column 2 of row 3 of X \(1 rows affected\)$",
+    ),
+    "inf in X": (lambda X, y: (_set(X, (5, 0), -np.inf), y, {}), "found -inf in column 0 of row 5"),
+    "too large for float32": (
+        lambda X, y: (_set(X, (1, 3), 1e39), y, {}),
+        "^features must be finite; found inf in column 3 of row 1 of X converted to float32",
+    ),
+    "X not 2-d": (
+        lambda X, y: (X[:, :, None], y, {}),
+        r"^X must have shape \(n_samples, 4\); got \(12, 4, 1\)$",
+    ),
+    "fewer features than inputs": (
+        lambda X, y: (X[:, :3], y, {}),
+        r"^X must have shape \(n_samples, 4\); got \(12, 3\)$",
+    ),
+    "rows differ": (lambda X, y: (X, y[:11], {}), "^X has 12 rows but y has 11 labels$"),
+    "more classes than outputs": (
+        lambda X, y: (X, _label(y, 2, 3), {}),
+        r"^labels must be integers in \[0, 3\); found 3 at row 2$",
+    ),
+    "labels not integers": (
+        lambda X, y: (X, _label(y, 7, 1.5), {}),
+        r"^labels must be integers in \[0, 3\); found 1.5 at row 7$",
+    ),
+    "nan in validation X": (
+        lambda X, y: (X, y, {"validation_data": (_set(X, (0, 1), np.nan), y)}),
+        "^validation_data: features must be finite; found nan in column 1 of row 0 of X",
+    ),
+    "validation label out of range": (
+        lambda X, y: (X, y, {"validation_data": (X, _label(y, 4, 7))}),
+        r"^validation_data: labels must be integers in \[0, 3\); found 7 at row 4$",
+    ),
+    "test rows differ": (
+        lambda X, y: (X, y, {"test_data": (X, y[:11])}),
+        "^test_data: X has 12 rows but y has 11 labels$",
+    ),
+    "test X not 2-d": (
+        lambda X, y: (X, y, {"test_data": (X[0], y)}),
+        r"^test_data: X must have shape \(n_samples, 4\); got \(4,\)$",
+    ),
+}
+
+
+def _to_device(backend, X, y, kwargs):
+    """The same arrays on the backend's device (in their own dtypes)."""
+    move = lambda a: backend.asarray(a) if isinstance(a, np.ndarray) else a  # noqa: E731
+    return move(X), move(y), {k: tuple(map(move, pair)) for k, pair in kwargs.items()}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_data_are_refused_before_the_first_step(backend, make_problem, tmp_path, case):
+    # As the command line words it, before any step and before out= is written; for host arrays
+    # and for arrays already on the device (checked there, without implicit host copies).
+    make_bad, message = BAD_DATA[case]
+    X, y = make_problem(n=12, n_in=4, n_out=3)
+    host = make_bad(X, y)
+    model = MLP([4, 5, 3], device=backend, seed=0)
+    before = model.state_dict()
+    for X_bad, y_bad, kwargs in (host, _to_device(backend, *host)):
+        with pytest.raises(DataError, match=message):
+            fit(model, X_bad, y_bad, out=tmp_path / "run", epochs=2, batch_size=4, **kwargs)
+        assert not (tmp_path / "run").exists()
+        for name, value in model.state_dict().items():
+            np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+def test_bad_regression_targets_are_refused_before_the_first_step(backend, make_problem):
+    X, Y = make_problem(n=12, n_in=4, n_out=2, loss="mse")
+    model = MLP([4, 5, 2], loss="mse", device=backend, seed=0)
+    trainer = Trainer(model, epochs=2, batch_size=4)
+    bad = {
+        r"^targets must have shape \(n_samples, 2\); got \(12, 3\)$": (X, np.zeros((12, 3))),
+        r"^targets must be finite; found nan in column 1 of row 2 of y \(1 rows affected\)$": (
+            X, _set(Y, (2, 1), np.nan)
+        ),
+    }  # fmt: skip
+    for message, (X_bad, Y_bad) in bad.items():
+        for given in ((X_bad, Y_bad), (backend.asarray(X_bad), backend.asarray(Y_bad))):
+            with pytest.raises(DataError, match=message):
+                trainer.fit(*given)
+            with pytest.raises(DataError, match="^test_data: " + message[1:]):
+                trainer.fit(X, Y, test_data=given)
+    assert trainer.epoch == 0 and trainer.optimizer.steps == 0 and trainer.history == []
+
+
+def test_device_data_are_checked_once_per_fit_at_a_cost_independent_of_its_size(
+    cupy_standin, make_problem
+):
+    backend, reads = get_backend("cuda:1"), []
+    for n in (16, 4096):
+        X, y = make_problem(n=n, n_in=4, n_out=3)
+        model = MLP([4, 3], device=backend)
+        X_dev, y_dev = backend.asarray(X, "float32"), backend.asarray(y)
+        trainer = Trainer(model)
+        cupy_standin.reset()
+        trainer.check_data(X_dev, y_dev, validation_data=(X_dev, y_dev))
+        reads.append(cupy_standin.snapshot())
+    assert reads[0] == reads[1]
+    # One value read per check: the labels and the features of each of the two sets.
+    assert reads[0]["host_to_device"] == 0 and reads[0]["device_to_host"] == 4
 
 
 def test_sample_weights_are_checked_on_the_device(backend, make_problem):

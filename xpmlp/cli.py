@@ -322,9 +322,10 @@ def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -
     progress.message(f"training {trainer.model} on {len(y_train):,} samples from "
                      f"{prepared.source}; run directory {run.path}")  # fmt: skip
     try:
+        checked = trainer.check_data(X_train, y_train, validation_data=prepared.val,
+                                     test_data=prepared.test)  # fmt: skip
         train_in_run(
-            trainer, run, X_train, y_train, validation_data=prepared.val,
-            test_data=prepared.test, scaler=prepared.scaler, classes=prepared.classes,
+            trainer, run, checked, scaler=prepared.scaler, classes=prepared.classes,
             data=data.to_dict(), info={"data_source": prepared.source, "n_train": len(y_train)},
             callbacks=[lambda trainer, record: progress.on_epoch(record)],
             on_batch=progress.on_batch, notify=progress.message,

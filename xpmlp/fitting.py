@@ -12,6 +12,7 @@ from .checkpoint import checkpoint_name
 from .config import DataConfig, TrainConfig
 from .distributed import communicator, on_root
 from .errors import CheckpointError, ConfigError
+from .fitdata import FitData
 from .inputs import Scaler
 from .model import MLP
 from .runs import RunDir, trainer_state
@@ -88,11 +89,21 @@ def fit(
         ``val_accuracy``, ``test_loss``, ``test_accuracy``, ``lr``, ``seconds`` (training time
         of the epoch, evaluation excluded), ``samples_per_second`` and ``health`` (see
         :func:`xpmlp.diagnostics.health`), plus ``notes`` when there are any.
+
+    Raises
+    ------
+    DataError
+        Before the first step and before ``out`` is written, for data the command line would
+        refuse too, in the same words: ``features must be finite; found nan in column 5 of row
+        3 of X (1 rows affected)`` (see :func:`xpmlp.fitdata.check_fit_data`).
     """
     comm = (
         communicator(distributed or "none") if isinstance(distributed, str | None) else distributed
     )
     trainer = Trainer(model, config, comm=comm, **settings)
+    # Checked before anything is written: bad data leave no run directory behind.
+    data = trainer.check_data(X, y, validation_data=validation_data, test_data=test_data,
+                              sample_weight=sample_weight)  # fmt: skip
     if verbose is None:
         verbose = sys.stderr.isatty() or "ipykernel" in sys.modules
     verbose = verbose and comm.rank == 0
@@ -100,9 +111,7 @@ def fit(
     callbacks = [lambda trainer, record: progress.on_epoch(record), *callbacks]
     if out is None:
         try:
-            return trainer.fit(X, y, validation_data=validation_data, test_data=test_data,
-                               callbacks=callbacks, on_batch=progress.on_batch,
-                               sample_weight=sample_weight)  # fmt: skip
+            return trainer.fit_checked(data, callbacks=callbacks, on_batch=progress.on_batch)
         finally:
             progress.close()
     run = RunDir(out, writer=comm.rank == 0)
@@ -117,10 +126,8 @@ def fit(
         if ckpt is not None:
             resume_from(trainer, ckpt)
         try:
-            return train_in_run(trainer, run, X, y, validation_data=validation_data,
-                                test_data=test_data, scaler=scaler, callbacks=callbacks,
-                                on_batch=progress.on_batch, notify=progress.message,
-                                sample_weight=sample_weight)  # fmt: skip
+            return train_in_run(trainer, run, data, scaler=scaler, callbacks=callbacks,
+                                on_batch=progress.on_batch, notify=progress.message)  # fmt: skip
         finally:
             progress.close()
 
@@ -158,12 +165,13 @@ def setting_conflicts(config: TrainConfig, saved: dict) -> list[tuple]:
     ]
 
 
-def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, test_data=None,
+def train_in_run(trainer: Trainer, run: RunDir, checked: FitData, *,
                  scaler: Scaler | None = None, classes=None, data: dict | None = None,
-                 info: dict | None = None,
-                 callbacks: Sequence[Callable] = (), on_batch=None, sample_weight=None,
+                 info: dict | None = None, callbacks: Sequence[Callable] = (), on_batch=None,
                  notify: Callable[[str], None] | None = None) -> list[dict]:  # fmt: skip
-    """:meth:`Trainer.fit` that leaves a run directory behind: config, metrics, checkpoints, curves.
+    """:meth:`Trainer.fit_checked` that leaves a run directory behind: config, metrics,
+    checkpoints, curves. ``checked`` is :meth:`Trainer.check_data`'s, so bad data are refused
+    before the run is made.
 
     A checkpoint of the starting epoch is written first, so the run can always be resumed; then
     one every ``checkpoint_every`` epochs and at the end. SIGINT and SIGTERM are deferred to the
@@ -196,9 +204,7 @@ def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, t
             save()
         trainer.stop_signal = stop
         try:
-            trainer.fit(X, y, validation_data=validation_data, test_data=test_data,
-                        callbacks=[after_epoch, *callbacks], on_batch=on_batch,
-                        sample_weight=sample_weight)  # fmt: skip
+            trainer.fit_checked(checked, callbacks=[after_epoch, *callbacks], on_batch=on_batch)
         except KeyboardInterrupt:
             save()
             raise

@@ -127,13 +127,13 @@ def _class_labels(y, where: str) -> np.ndarray:
     return y if y.dtype.kind == "U" and y.ndim == 1 else check_labels(y, where=where)
 
 
-def check_finite(X, *, where: str) -> None:
-    """Check that every feature value is finite (no NaN, no infinity).
+def check_finite(X, *, where: str, what: str = "features") -> None:
+    """Check that every value of ``X`` (``what``: features, or regression targets) is finite.
 
     Raises
     ------
     DataError
-        Naming the first row with a non-finite value and how many rows have one.
+        Naming the first non-finite value, its column and row, and how many rows have one.
     """
     X = np.asarray(X)
     row = first_nonfinite_row(X)
@@ -142,7 +142,7 @@ def check_finite(X, *, where: str) -> None:
         column = int(np.argmax(~np.isfinite(flat[row])))
         n_bad = int((~np.isfinite(flat)).any(axis=1).sum())
         raise DataError(
-            f"features must be finite; found {flat[row, column]} in column {column} of row {row}"
+            f"{what} must be finite; found {flat[row, column]} in column {column} of row {row}"
             f" of {where} ({n_bad} rows affected)"
         )
 
@@ -152,6 +152,24 @@ def first_nonfinite_row(X: np.ndarray) -> int | None:
         return None
     rows = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
     return int(np.argmax(rows)) if rows.any() else None
+
+
+def check_device_finite(xp, X, *, where: str, what: str = "features") -> None:
+    """:func:`check_finite` for an array already on a device: one reduction read back (once per
+    fit, not per step); the value is looked for on the host only when one is not finite."""
+    if not bool(xp.all(xp.isfinite(X))):
+        check_finite(to_numpy(X), where=where, what=what)
+
+
+def check_input_shape(X, n_inputs: int):
+    """``X`` as an array (a host sequence becomes NumPy) of real numbers and shape
+    (n_samples, n_inputs); a DataError naming the expected and the actual shape otherwise."""
+    X = X if hasattr(X, "shape") else np.asarray(X)
+    if len(X.shape) != 2 or X.shape[1] != n_inputs:
+        raise DataError(f"X must have shape (n_samples, {n_inputs}); got {tuple(X.shape)}")
+    if isinstance(X, np.ndarray) and X.dtype.kind not in "biuf":
+        raise DataError(f"X has dtype {X.dtype}; expected real numbers")
+    return X
 
 
 def check_rows(X, y, *, where: str | None = None) -> None:
@@ -261,6 +279,15 @@ def check_device_labels(xp, y, n_classes: int) -> None:
     if bool(xp.any(bad)):
         check_labels(to_numpy(y), n_classes)
         raise DataError(f"labels must be integers in [0, {n_classes})")  # unreachable
+
+
+def check_labels_on(xp, y, n_classes: int):
+    """Labels on the host (checked by :func:`check_labels`, returned as int64) or on xp's device
+    (by :func:`check_device_labels`, returned as they are)."""
+    if isinstance(y, np.ndarray):
+        return check_labels(y, n_classes)
+    check_device_labels(xp, y, n_classes)
+    return y
 
 
 # Bytes per parameter a training run holds at once: the float64 initial draw on the host, then

@@ -12,7 +12,7 @@ from . import kernels, ops, rng
 from .backend import Backend, get_backend, on_device, to_numpy
 from .errors import ConfigError, DataError
 from .flat import Layout
-from .inputs import check_device_labels, check_labels, check_layer_sizes, check_rows
+from .inputs import check_input_shape, check_labels_on, check_layer_sizes, check_rows
 
 EVAL_BATCH = 8192
 
@@ -197,23 +197,16 @@ class MLP:
     @on_device
     def as_input(self, X):
         """``X`` of shape (n_samples, n_inputs) as an array of this model's dtype and device."""
-        if len(X.shape) != 2 or X.shape[1] != self.layer_sizes[0]:
-            raise DataError(
-                f"X must have shape (n_samples, {self.layer_sizes[0]}); got {tuple(X.shape)}"
-            )
-        return self._on_device(X, self.dtype)
+        return self._on_device(check_input_shape(X, self.layer_sizes[0]), self.dtype)
 
     @on_device
     def as_target(self, y):
         """Labels (cross-entropy: integer array of shape (n,)) or targets (mse: (n, n_outputs))."""
+        y = y if hasattr(y, "shape") else np.asarray(y)
         if self.loss_name == "cross_entropy":
             if len(y.shape) != 1:
                 raise DataError(f"labels must have shape (n_samples,); got {tuple(y.shape)}")
-            if isinstance(y, np.ndarray):
-                y = check_labels(y, self.n_outputs)
-            else:
-                check_device_labels(self.xp, y, self.n_outputs)
-            return self._on_device(y, self.xp.int64)
+            return self._on_device(check_labels_on(self.xp, y, self.n_outputs), self.xp.int64)
         if len(y.shape) == 1 and self.n_outputs == 1:
             y = y.reshape((-1, 1)) if isinstance(y, np.ndarray) else self.xp.reshape(y, (-1, 1))
         if len(y.shape) != 2 or y.shape[1] != self.n_outputs:

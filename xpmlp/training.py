@@ -27,7 +27,7 @@ from .diagnostics import (
 )
 from .distributed import Local, shard_bounds
 from .errors import CheckpointError, ConfigError, DataError, DivergedError, NonFiniteError
-from .inputs import check_rows
+from .fitdata import FitData, check_fit_data
 from .metrics import evaluate
 from .model import MLP
 from .optim import FLAT, Optimizer, Schedule, clip_grad_norm, make_optimizer
@@ -265,44 +265,45 @@ class Trainer:
         moment of an epoch, evaluation included, leaves the trainer at the last completed epoch.
         ``sample_weight`` (n_samples,) weights each sample's loss: a batch's loss is
         ``sum(w_i * l_i) / sum(w)`` over its samples (see :func:`xpmlp.ops.weighted_loss`).
+        The data are checked first (:meth:`check_data`): a bad input raises DataError before
+        the first step.
         """
-        model = self.model
-        X, y = model.as_input(X), model.as_target(y)
-        check_rows(X, y)
-        if X.shape[0] == 0:
-            raise DataError("the training set is empty")
-        self.sample_weight = self._device_weights(sample_weight, X.shape[0])
-        validation_data = self._device_data(validation_data)
-        test_data = self._device_data(test_data)
+        data = self.check_data(X, y, validation_data=validation_data, test_data=test_data,
+                               sample_weight=sample_weight)  # fmt: skip
+        return self.fit_checked(data, callbacks=callbacks, on_batch=on_batch)
+
+    @on_device
+    def check_data(
+        self, X, y, *, validation_data=None, test_data=None, sample_weight=None
+    ) -> FitData:
+        """Every check :meth:`fit` makes of its data, made once before anything is trained (or,
+        by :func:`xpmlp.fit`, written): the data on the device, as :meth:`fit_checked` takes it.
+        See :func:`xpmlp.fitdata.check_fit_data` for the rules; a bad input raises DataError."""
+        if sample_weight is not None and (self.config.grad_shards > 1 or self.comm.size > 1):
+            raise ConfigError("sample weights are not supported with gradient shards or MPI yet")
+        return check_fit_data(self.model, X, y, validation_data=validation_data,
+                              test_data=test_data, sample_weight=sample_weight)  # fmt: skip
+
+    @on_device
+    def fit_checked(
+        self,
+        data: FitData,
+        *,
+        callbacks: Sequence[Callable[[Trainer, dict], None]] = (),
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[dict]:
+        """:meth:`fit` on data :meth:`check_data` returned."""
+        X, y = data.train
+        self.sample_weight = data.sample_weight
         self.stop_requested = False
         self._probe = self._probe_batch(X, y)
         # Overflow is detected once per epoch and diagnosed below; NumPy's warnings would only
         # repeat it once per step.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            self._run_epochs(X, y, validation_data, test_data, callbacks, on_batch)
+            self._run_epochs(X, y, data.validation, data.test, callbacks, on_batch)
         if self.config.early_stopping is not None and self.best["params"] is not None:
-            model.load_state_dict(self.best["params"])
+            self.model.load_state_dict(self.best["params"])
         return self.history
-
-    def _device_weights(self, weights, n: int):
-        if weights is None:
-            return None
-        if self.config.grad_shards > 1 or self.comm.size > 1:
-            raise ConfigError("sample weights are not supported with gradient shards or MPI yet")
-        model, xp = self.model, self.model.xp
-        if model.backend.owns(weights):  # on the device already: checked there, one read
-            weights = xp.astype(weights, model.dtype, copy=False)
-        else:
-            weights = model.backend.asarray(weights, model.dtype)
-        if tuple(weights.shape) != (n,):
-            raise DataError(f"sample_weight must be {n} finite values >= 0")
-        valid = xp.all(xp.isfinite(weights)) & xp.all(weights >= 0)
-        valid, nonzero = to_numpy(xp.stack([valid, xp.any(weights != 0)])).tolist()
-        if not valid:
-            raise DataError(f"sample_weight must be {n} finite values >= 0")
-        if not nonzero:
-            raise DataError("sample_weight is zero everywhere: nothing to learn from")
-        return weights
 
     def _probe_batch(self, X, y):
         """The fixed rows health is measured on; their scale and, before training, their loss
@@ -363,14 +364,6 @@ class Trainer:
             "rate, or clip gradients (--clip-norm); the weights are those of the last good "
             f"epoch{unscaled_advice(self.input_max)}"
         )
-
-    def _device_data(self, data):
-        if data is None:
-            return None
-        X, y = data
-        X, y = self.model.as_input(X), self.model.as_target(y)
-        check_rows(X, y)
-        return X, y
 
     def _evaluate(self, prefix: str, data) -> dict:
         if data is None:
