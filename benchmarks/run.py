@@ -11,7 +11,7 @@ the *GEMM-bound ceiling*. Then, in fresh processes, the peak resident memory of 
 (CPU), and the training time each needs to reach 0.88 test accuracy on Fashion-MNIST.
 
 Writes JSON to ``benchmarks/results/<date>-<device>.json`` (or ``--json``) and prints markdown
-tables for the README. ``--quick`` runs tiny sizes on synthetic data (the smoke test).
+tables for docs/speed.md. ``--quick`` runs tiny sizes on synthetic data (the smoke test).
 
 This file is the command line; ``timing.py`` times an epoch, ``measure.py`` runs the
 measurements, ``report.py`` checks the targets and writes the tables.

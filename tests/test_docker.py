@@ -1,7 +1,7 @@
 """Static checks of the container images: no Docker engine is needed, or used.
 
 The Dockerfiles are parsed here (line continuations, comments, ``ARG`` defaults substituted into
-``FROM``) and held to what the README promises: pinned base images, a numeric non-root user, the
+``FROM``) and held to what docs/docker.md promises: pinned base images, a numeric non-root user, the
 ``xpmlp`` CLI as entrypoint, ``/data`` and ``/out`` volumes, and pip extras that exist in
 ``pyproject.toml``. hadolint, when on ``PATH``, lints both files.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ DOCKERFILES = {
     "cpu": ROOT / "docker" / "Dockerfile",
     "cuda": ROOT / "docker" / "Dockerfile.cuda",
 }
-DOCS = [ROOT / "README.md", ROOT / "docker" / "README.md"]
+DOCS = [ROOT / "docs" / "docker.md"]
 DATA_VOLUME = "/data"
 OUT_VOLUME = "/out"
 
@@ -376,7 +375,7 @@ def test_documented_cuda_builds_pair_a_pinned_base_with_an_existing_extra(option
     cuda = parse_dockerfile(DOCKERFILES["cuda"])
     defaults = {**cuda.global_args, **{k: v for s in cuda.stages for k, v in s.args.items()}}
     builds = [c for c in documented_commands("docker build") if "docker/Dockerfile.cuda" in c]
-    assert builds, "the README should show how to build the CUDA image"
+    assert builds, "docs/docker.md should show how to build the CUDA image"
     documented = set()
     for command in builds:
         args = {**defaults, **build_args(command)}
@@ -390,7 +389,7 @@ def test_documented_cuda_builds_pair_a_pinned_base_with_an_existing_extra(option
 
 def test_documented_builds_use_the_repository_root_as_context():
     builds = documented_commands("docker build")
-    assert any("docker/Dockerfile " in c for c in builds), "no CPU build line in the README"
+    assert any("docker/Dockerfile " in c for c in builds), "no CPU build line in docs/docker.md"
     for command in builds:
         words = shlex.split(command)
         assert words[-1] == ".", command
@@ -399,7 +398,7 @@ def test_documented_builds_use_the_repository_root_as_context():
 
 def test_documented_gpu_runs_ask_for_the_gpu():
     runs = [c for c in documented_commands("docker run") if re.search(r"xpmlp:cuda\S* train", c)]
-    assert runs, "the README should show a GPU training run"
+    assert runs, "docs/docker.md should show a GPU training run"
     for command in runs:
         assert "--gpus all" in command and "--device gpu" in command, command
 

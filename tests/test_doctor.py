@@ -304,9 +304,10 @@ def test_augmented_and_per_sample_layouts(grads, labels, codes):
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_readme_example_prints_the_report_shown(capsys):
+@pytest.mark.parametrize("page", ["README.md", "docs/doctor.md"])
+def test_the_readme_example_prints_the_report_shown(page, capsys):
     assert main(["doctor", str(ROOT / "examples" / "doctor_broken_net.py")]) == 1
-    shown = (ROOT / "README.md").read_text().split("<!-- doctor-report -->\n```\n")[1]
+    shown = (ROOT / page).read_text().split("<!-- doctor-report -->\n```\n")[1]
     assert capsys.readouterr().out == shown.split("```")[0]
 
 

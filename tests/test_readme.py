@@ -1,7 +1,8 @@
 """The README's commands, run as a new user runs them: in the order written, in one directory.
 
 The main job (``xpmlp train ... --out runs/...``) and then the library example, with one epoch
-each instead of ten: they must both succeed and leave two runs side by side, not collide.
+each instead of ten: they must both succeed and leave two runs side by side, not collide. The
+README stays a short front door: its detail lives in docs/, and every link there must resolve.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ from pathlib import Path
 import pytest
 from optional import need
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = sorted(
+    str(p.relative_to(ROOT)) for p in [*DOCS.glob("*.md"), ROOT / "docker" / "README.md"]
+)
+MAX_README_LINES = 150
 
 
-def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+def _blocks(language: str, page: Path = README) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.S)
 
 
 def _main_job() -> list[str]:
@@ -29,8 +36,9 @@ def _main_job() -> list[str]:
     return shlex.split(train)[1:]
 
 
-def _library_example() -> str:
-    return next(block for block in _blocks("python") if "import xpmlp" in block and "fit(" in block)
+def _library_example(page: Path = README) -> str:
+    blocks = _blocks("python", page)
+    return next(block for block in blocks if "import xpmlp" in block and "fit(" in block)
 
 
 def _one_epoch(text: str) -> str:
@@ -60,3 +68,62 @@ def test_the_readme_commands_run_in_order_without_colliding(tmp_path):
 def test_the_readme_shows_both_commands():
     assert _main_job()[:1] == ["train"] and "--out" in _main_job()
     assert "out=" in _library_example()
+
+
+def test_the_library_page_example_compiles():
+    full = _library_example(DOCS / "library.md")
+    assert "out=" in full and "gradcheck(" in full
+    compile(full, "docs/library.md", "exec")
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_the_library_page_example_runs(tmp_path):
+    need("realdata")
+    code = _one_epoch(_library_example(DOCS / "library.md"))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert 0.7 < float(result.stdout.splitlines()[0]) <= 1.0, result.stdout
+
+
+# ---- the front door and its pages
+
+
+def _links(page: Path) -> list[str]:
+    """The relative link targets of a markdown page (web addresses left out)."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", page.read_text())
+    return [t for t in targets if not re.match(r"[a-z]+:", t)]
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces to dashes."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def _broken(page: Path) -> list[str]:
+    broken = []
+    for link in _links(page):
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists() or (anchor and anchor not in _anchors(target)):
+            broken.append(link)
+    return broken
+
+
+def test_the_readme_is_a_short_front_door():
+    lines = README.read_text().count("\n")
+    assert lines <= MAX_README_LINES, f"README.md has {lines} lines: move detail into docs/"
+
+
+def test_the_readme_links_every_page_in_docs_and_each_link_resolves():
+    linked = {link.partition("#")[0] for link in _links(README) if link.startswith("docs/")}
+    pages = {f"docs/{page.name}" for page in DOCS.glob("*.md")}
+    assert linked == pages, f"README links {sorted(linked)}, docs/ has {sorted(pages)}"
+    assert not _broken(README), _broken(README)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_links_between_the_pages_resolve(page):
+    assert not _broken(ROOT / page), _broken(ROOT / page)

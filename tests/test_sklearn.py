@@ -307,10 +307,9 @@ def test_predicting_from_another_namespace_is_refused(namespace, device):
 
 
 def test_the_readme_example_runs(capsys):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## scikit-learn estimators")[1]
-    code = section.split("```python\n")[1].split("```")[0]
-    exec(compile(code, "README.md", "exec"), {})
+    page = (Path(__file__).resolve().parent.parent / "docs" / "sklearn.md").read_text()
+    code = page.split("```python\n")[1].split("```")[0]
+    exec(compile(code, "docs/sklearn.md", "exec"), {})
     assert "mlpclassifier__hidden_layer_sizes" in capsys.readouterr().out
 
 
