@@ -237,6 +237,9 @@ def test_checkpoint_mismatch_and_corruption(tmp_path, toy, capsys):
     _bad(tmp_path, ["evaluate", str(broken), "--dataset", str(toy[1]), "--device", "cpu"], capsys,
          expect="checkpoint")  # fmt: skip
     _bad(tmp_path, ["train", "--resume", str(broken)], capsys, expect="takes a run directory")
+    (tmp_path / "run" / "checkpoints" / "checkpoint-epoch-0001.npz").write_bytes(data[:100])
+    _bad(tmp_path, ["train", "--resume", str(tmp_path / "run")], capsys, expect="checkpoint")
+    assert not (tmp_path / "run" / ".lock").exists()  # the resume had locked it
 
 
 def test_resume_without_a_checkpoint_starts_the_run(tmp_path, toy, capsys):
@@ -268,6 +271,7 @@ def test_diverging_run_is_diagnosed_and_keeps_the_last_good_checkpoint(tmp_path,
     )
     good = checkpoint.load(tmp_path / "run")
     assert good["meta"]["trainer"]["epoch"] == 1
+    assert not (tmp_path / "run" / ".lock").exists()
     assert all(np.isfinite(v).all() for v in good["params"].values())
 
 

@@ -303,10 +303,15 @@ def _open_run(args, flags: dict, opened: dict):
             print(f"xpmlp: no checkpoint in {where} yet; starting the run there", file=sys.stderr)
             args.out, args.overwrite = where, True  # a run without a checkpoint holds nothing
     if resuming:
-        run = opened["run"] = RunDir(where).open()
-        ckpt = run.load_latest()
-        if ckpt is None:
-            raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
+        run = RunDir(where).open()
+        try:
+            ckpt = run.load_latest()
+            if ckpt is None:
+                raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
+        except BaseException:
+            run.close()  # releases the lock and removes its file
+            raise
+        opened["run"] = run
         return str(run.path), ckpt
     _, data, _ = _new_run(flags)
     run = RunDir(args.out or f"runs/{Path(data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -112,8 +112,8 @@ def fit(
         run.open() if resuming else run.create(overwrite=overwrite)
         return run.load_latest() if resuming else None
 
-    ckpt = on_root(comm, open_here)
-    with run:
+    with run:  # its lock is released (and its file removed) however training ends
+        ckpt = on_root(comm, open_here)
         if ckpt is not None:
             resume_from(trainer, ckpt)
         try:
