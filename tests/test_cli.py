@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpmlp import checkpoint, datasets
+from xpmlp import checkpoint, datasets, reporting
 from xpmlp.cli import build_parser, main
 
 REQUIRED_METRICS = {
@@ -73,6 +73,8 @@ def test_run_directory_has_metrics_config_curves_and_checkpoints(tmp_path, toy):
     assert "numpy" in config["versions"] and config["device_name"]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert checkpoint.latest(run).name == "checkpoint-epoch-0003.npz"
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["checkpoints", "config.json", "curves.png", "metrics.jsonl"]  # no .lock
 
 
 def test_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, toy, capsys):
@@ -81,6 +83,41 @@ def test_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, toy, capsys)
                  "--epochs", "2", "--out", str(tmp_path / "r")]) == 0  # fmt: skip
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+
+
+def test_an_interrupted_run_leaves_curves_and_no_lock(tmp_path, toy, monkeypatch, capsys):
+    on_epoch = reporting.Progress.on_epoch
+
+    def sigterm_after_epoch_2(self, record):  # as `docker stop` would, mid-run
+        on_epoch(self, record)
+        if record["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(reporting.Progress, "on_epoch", sigterm_after_epoch_2)
+    assert _train(tmp_path, toy, "--epochs", "5") == 128 + signal.SIGTERM
+    run = tmp_path / "run"
+    assert checkpoint.load(run)["meta"]["trainer"]["epoch"] == 2
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (run / ".lock").exists()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"xpmlp: interrupted; saved epoch 2; continue with --resume {run}"]
+
+
+def test_an_interrupt_is_reported_even_when_the_plot_fails(tmp_path, toy, monkeypatch):
+    on_epoch = reporting.Progress.on_epoch
+
+    def ctrl_c(self, record):
+        on_epoch(self, record)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def broken_plot(history, path, **kwargs):
+        raise RuntimeError("matplotlib broke")
+
+    monkeypatch.setattr(reporting.Progress, "on_epoch", ctrl_c)
+    monkeypatch.setattr(reporting, "plot_curves", broken_plot)
+    assert _train(tmp_path, toy, "--epochs", "5") == 130
+    assert checkpoint.load(tmp_path / "run")["meta"]["trainer"]["epoch"] == 1
+    assert not (tmp_path / "run" / "curves.png").exists()
 
 
 def test_resume_continues_bit_for_bit(tmp_path, toy):
@@ -339,9 +376,10 @@ def test_ctrl_c_writes_a_checkpoint_and_resumes_exactly(tmp_path, slow_data, uni
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert "--resume" in err and "Traceback" not in err
+    assert "--resume" in err and "Traceback" not in err and len(err.splitlines()) == 1, err
     epoch = checkpoint.load(out)["meta"]["trainer"]["epoch"]
     assert epoch >= 1
+    assert (out / "curves.png").exists() and not (out / ".lock").exists()
     resumed = _cli("train", "--resume", str(out), "--quiet")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err

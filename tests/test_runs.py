@@ -234,6 +234,8 @@ def test_interrupt_during_evaluation_keeps_the_last_completed_epoch(tmp_path, pr
     monkeypatch.setattr(training, "evaluate", evaluate)
     _, _, ckpt = load_model(tmp_path / "r")
     assert ckpt["path"].name == checkpoint_name(1) and ckpt["meta"]["trainer"]["epoch"] == 1
+    assert (tmp_path / "r" / "curves.png").read_bytes()[:4] == b"\x89PNG"  # the epochs so far
+    assert not (tmp_path / "r" / ".lock").exists()
     resumed = _model()
     fit(resumed, X, y, validation_data=val, epochs=3, out=tmp_path / "r", resume=True, **SETTINGS)
     _assert_same_params(resumed.state_dict(), straight.state_dict())

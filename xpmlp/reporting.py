@@ -169,6 +169,12 @@ def plot_runs(runs: dict[str, list[dict]], metric: str, path) -> bool:
     return True
 
 
+def plotting_available() -> bool:
+    """Import matplotlib now (about half a second, once per process) and say whether it is
+    installed: a run does it when it starts, so that an interrupted one only has to draw."""
+    return _pyplot() is not None
+
+
 def _pyplot():
     try:
         with _quiet_matplotlib():
