@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpmlp import checkpoint, datasets, reporting
+from xpmlp import checkpoint, cli, datasets, reporting
 from xpmlp.cli import build_parser, main
 
 REQUIRED_METRICS = {
@@ -70,7 +70,7 @@ def test_run_directory_has_metrics_config_curves_and_checkpoints(tmp_path, toy):
         assert record["seconds"] > 0 and record["samples_per_second"] > 0
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["seed"] == 0 and config["model"]["layer_sizes"][1:-1] == [16, 16]
-    assert "numpy" in config["versions"] and config["device_name"]
+    assert "numpy" in config["versions"] and config["device_name"] and config["processes"] == 1
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert checkpoint.latest(run).name == "checkpoint-epoch-0003.npz"
     names = sorted(p.name for p in run.iterdir())
@@ -81,8 +81,36 @@ def test_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, toy, capsys)
     train, test = toy
     assert main(["train", "--device", "cpu", "--dataset", str(train), "--hidden", "8",
                  "--epochs", "2", "--out", str(tmp_path / "r")]) == 0  # fmt: skip
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("training MLP(") and "process" not in err[0]  # one process: no news
+    lines = [line for line in err if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+
+
+class _RankZeroOfTwo:
+    """Rank 0 of a two-process job, alone: the other rank adds nothing to the gradients and
+    sums, which is enough for what the job prints and writes."""
+
+    rank, size, local_rank, local_size = 0, 2, 0, 1
+
+    def reduce_gradients(self, grad, stop):
+        return grad, stop
+
+    def sum_in_rank_order(self, values):
+        return values
+
+    def broadcast(self, obj):
+        return obj
+
+
+def test_an_mpi_run_says_how_many_processes(tmp_path, toy, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "communicator", lambda *args, **kwargs: _RankZeroOfTwo())
+    assert main(["train", "--device", "cpu", "--dataset", str(toy[0]), "--hidden", "8",
+                 "--epochs", "1", "--out", str(tmp_path / "r")]) == 0  # fmt: skip
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("training MLP(") and ", on 2 MPI processes;" in first, first
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["processes"] == 2 and config["train"]["grad_shards"] == 2
 
 
 def test_an_interrupted_run_leaves_curves_and_no_lock(tmp_path, toy, monkeypatch, capsys):

@@ -324,8 +324,10 @@ def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -
     X_train, y_train = prepared.train
     heard = {n["code"] for r in trainer.history for n in r.get("notes", ())}
     progress = reporting.Progress(trainer.epochs, quiet=quiet, heard=heard)
+    size = trainer.comm.size
+    processes = f", on {size} MPI processes" if size > 1 else ""
     progress.message(f"training {trainer.model} on {len(y_train):,} samples from "
-                     f"{prepared.source}; run directory {run.path}")  # fmt: skip
+                     f"{prepared.source}{processes}; run directory {run.path}")  # fmt: skip
     try:
         train_in_run(
             trainer, run, X_train, y_train, validation_data=prepared.val,

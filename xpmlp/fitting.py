@@ -189,7 +189,7 @@ def train_in_run(trainer: Trainer, run: RunDir, X, y, *, validation_data=None, t
             "train": config.to_dict(), "model": model.config(), "data": data,
             "scaling": scaler.method if scaler is not None else None,
             "device": model.backend.spec, "device_name": model.backend.device_name(),
-            **(info or {}),
+            "processes": trainer.comm.size, **(info or {}),
         })  # fmt: skip
         run.write_metrics(trainer.history)
         if run.writer:

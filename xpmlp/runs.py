@@ -2,9 +2,9 @@
 
 A run directory holds::
 
-    config.json      every setting (model, training, data), library versions, device
+    config.json      every setting (model, training, data), library versions, device, processes
     metrics.jsonl    one JSON object per epoch
-    curves.png       loss and accuracy per epoch
+    curves.png       loss, accuracy, learning rate and layer health per epoch
     checkpoints/     checkpoint-epoch-NNNN.npz (see xpmlp.checkpoint), the newest few
     .lock            held (flock) by the one process writing the run; removed when it ends
 
