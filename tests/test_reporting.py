@@ -86,7 +86,7 @@ def test_the_learning_rate_is_on_a_linear_axis_and_the_health_legend_is_in_words
     fig = reporting.curves_figure(_history(), best_epoch=4)
     try:
         loss, accuracy, lr, health = fig.axes
-        assert lr.get_yscale() == "linear"  # a cosine schedule's fall to zero is a curve, not a cliff
+        assert lr.get_yscale() == "linear"  # a cosine fall to zero: a curve, not a cliff
         assert health.get_yscale() == "log"
         words = [text.get_text() for text in health.get_legend().get_texts()]
         # layers.1 has nothing positive to show on a log axis
