@@ -92,6 +92,7 @@ def test_the_learning_rate_is_on_a_linear_axis_and_the_health_legend_is_in_words
         # layers.1 has nothing positive to show on a log axis
         assert words == ["layers.0", "update ratio (solid)", "gradient norm (dotted)",
                          "best (epoch 4)"]  # fmt: skip
+        assert all(tick == int(tick) for tick in loss.get_xticks())  # whole epochs
         styles = {line.get_label(): line.get_linestyle() for line in health.get_lines()}
         assert styles["update ratio (solid)"] == "-" and styles["gradient norm (dotted)"] == ":"
     finally:

@@ -226,6 +226,9 @@ def _finish(ax, ylabel: str, best_epoch: int | None) -> None:
             linewidth=1,
             label=f"best (epoch {best_epoch})",
         )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
