@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpmlp import checkpoint, datasets
+from xpmlp import checkpoint, cli, datasets, reporting
 from xpmlp.cli import build_parser, main
 
 REQUIRED_METRICS = {
@@ -71,17 +71,82 @@ def test_run_directory_has_metrics_config_curves_and_checkpoints(tmp_path, toy):
         assert record["seconds"] > 0 and record["samples_per_second"] > 0
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["seed"] == 0 and config["model"]["layer_sizes"][1:-1] == [16, 16]
-    assert "numpy" in config["versions"] and config["device_name"]
+    assert "numpy" in config["versions"] and config["device_name"] and config["processes"] == 1
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert checkpoint.latest(run).name == "checkpoint-epoch-0003.npz"
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["checkpoints", "config.json", "curves.png", "metrics.jsonl"]  # no .lock
 
 
 def test_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, toy, capsys):
     train, test = toy
     assert main(["train", "--device", "cpu", "--dataset", str(train), "--hidden", "8",
                  "--epochs", "2", "--out", str(tmp_path / "r")]) == 0  # fmt: skip
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("training MLP(") and "process" not in err[0]  # one process: no news
+    lines = [line for line in err if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+
+
+class _RankZeroOfTwo:
+    """Rank 0 of a two-process job, alone: the other rank adds nothing to the gradients and
+    sums, which is enough for what the job prints and writes."""
+
+    rank, size, local_rank, local_size = 0, 2, 0, 1
+
+    def reduce_gradients(self, grad, stop):
+        return grad, stop
+
+    def sum_in_rank_order(self, values):
+        return values
+
+    def broadcast(self, obj):
+        return obj
+
+
+def test_an_mpi_run_says_how_many_processes(tmp_path, toy, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "communicator", lambda *args, **kwargs: _RankZeroOfTwo())
+    assert main(["train", "--device", "cpu", "--dataset", str(toy[0]), "--hidden", "8",
+                 "--epochs", "1", "--out", str(tmp_path / "r")]) == 0  # fmt: skip
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("training MLP(") and ", on 2 MPI processes;" in first, first
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["processes"] == 2 and config["train"]["grad_shards"] == 2
+
+
+def test_an_interrupted_run_leaves_curves_and_no_lock(tmp_path, toy, monkeypatch, capsys):
+    on_epoch = reporting.Progress.on_epoch
+
+    def sigterm_after_epoch_2(self, record):  # as `docker stop` would, mid-run
+        on_epoch(self, record)
+        if record["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(reporting.Progress, "on_epoch", sigterm_after_epoch_2)
+    assert _train(tmp_path, toy, "--epochs", "5") == 128 + signal.SIGTERM
+    run = tmp_path / "run"
+    assert checkpoint.load(run)["meta"]["trainer"]["epoch"] == 2
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (run / ".lock").exists()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"xpmlp: interrupted; saved epoch 2; continue with --resume {run}"]
+
+
+def test_an_interrupt_is_reported_even_when_the_plot_fails(tmp_path, toy, monkeypatch):
+    on_epoch = reporting.Progress.on_epoch
+
+    def ctrl_c(self, record):
+        on_epoch(self, record)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def broken_plot(history, path, **kwargs):
+        raise RuntimeError("matplotlib broke")
+
+    monkeypatch.setattr(reporting.Progress, "on_epoch", ctrl_c)
+    monkeypatch.setattr(reporting, "plot_curves", broken_plot)
+    assert _train(tmp_path, toy, "--epochs", "5") == 130
+    assert checkpoint.load(tmp_path / "run")["meta"]["trainer"]["epoch"] == 1
+    assert not (tmp_path / "run" / "curves.png").exists()
 
 
 def test_resume_continues_bit_for_bit(tmp_path, toy):
@@ -238,6 +303,9 @@ def test_checkpoint_mismatch_and_corruption(tmp_path, toy, capsys):
     _bad(tmp_path, ["evaluate", str(broken), "--dataset", str(toy[1]), "--device", "cpu"], capsys,
          expect="checkpoint")  # fmt: skip
     _bad(tmp_path, ["train", "--resume", str(broken)], capsys, expect="takes a run directory")
+    (tmp_path / "run" / "checkpoints" / "checkpoint-epoch-0001.npz").write_bytes(data[:100])
+    _bad(tmp_path, ["train", "--resume", str(tmp_path / "run")], capsys, expect="checkpoint")
+    assert not (tmp_path / "run" / ".lock").exists()  # the resume had locked it
 
 
 def test_resume_without_a_checkpoint_starts_the_run(tmp_path, toy, capsys):
@@ -269,6 +337,7 @@ def test_diverging_run_is_diagnosed_and_keeps_the_last_good_checkpoint(tmp_path,
     )
     good = checkpoint.load(tmp_path / "run")
     assert good["meta"]["trainer"]["epoch"] == 1
+    assert not (tmp_path / "run" / ".lock").exists()
     assert all(np.isfinite(v).all() for v in good["params"].values())
 
 
@@ -336,9 +405,10 @@ def test_ctrl_c_writes_a_checkpoint_and_resumes_exactly(tmp_path, slow_data, uni
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert "--resume" in err and "Traceback" not in err
+    assert "--resume" in err and "Traceback" not in err and len(err.splitlines()) == 1, err
     epoch = checkpoint.load(out)["meta"]["trainer"]["epoch"]
     assert epoch >= 1
+    assert (out / "curves.png").exists() and not (out / ".lock").exists()
     resumed = _cli("train", "--resume", str(out), "--quiet")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err

@@ -9,6 +9,7 @@ job, and the resumed run is bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -157,6 +158,9 @@ def test_two_ranks_are_bit_identical_to_two_shards_in_one_process(tmp_path, data
     assert sorted(p.name for p in (tmp_path / "mpi").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )
+    processes = [json.loads((tmp_path / run / "config.json").read_text())["processes"]
+                 for run in ("mpi", "one")]  # fmt: skip
+    assert processes == [2, 1]
 
 
 @pytest.mark.slow

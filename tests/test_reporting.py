@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import io
 import json
+import logging
 
 import pytest
 
@@ -67,3 +68,58 @@ def test_without_matplotlib_the_plot_is_skipped_not_fatal(tmp_path, monkeypatch)
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert reporting.plot_curves([RECORD], tmp_path / "curves.png") is False
     assert not (tmp_path / "curves.png").exists()
+
+
+def _history(epochs=6):
+    """A cosine-like learning rate falling to zero, and health of two layers (one dead)."""
+    return [
+        {**RECORD, "epoch": e, "lr": 1e-3 * (epochs - e) / epochs, "val_loss": 0.7 - e / 100,
+         "health": {"layers.0": {"update_ratio": 1e-3 / e, "grad_norm": 0.5},
+                    "layers.1": {"update_ratio": 0.0, "grad_norm": None},
+                    "output": {"confidence": 0.9, "entropy": 0.3}}}
+        for e in range(1, epochs + 1)
+    ]  # fmt: skip
+
+
+def test_the_learning_rate_is_on_a_linear_axis_and_the_health_legend_is_in_words():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    fig = reporting.curves_figure(_history(), best_epoch=4)
+    try:
+        loss, accuracy, lr, health = fig.axes
+        assert lr.get_yscale() == "linear"  # a cosine fall to zero: a curve, not a cliff
+        assert health.get_yscale() == "log"
+        words = [text.get_text() for text in health.get_legend().get_texts()]
+        # layers.1 has nothing positive to show on a log axis
+        assert words == ["layers.0", "update ratio (solid)", "gradient norm (dotted)",
+                         "best (epoch 4)"]  # fmt: skip
+        assert all(tick == int(tick) for tick in loss.get_xticks())  # whole epochs
+        styles = {line.get_label(): line.get_linestyle() for line in health.get_lines()}
+        assert styles["update ratio (solid)"] == "-" and styles["gradient norm (dotted)"] == ":"
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("history", [[], _history(1), [{**RECORD, "lr": 0.0}]],
+                         ids=["no epoch", "one epoch", "no health"])  # fmt: skip
+def test_few_epochs_plot_without_warnings(tmp_path, history):
+    pytest.importorskip("matplotlib")
+    assert reporting.plot_curves(history, tmp_path / "curves.png")  # warnings are errors here
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_matplotlibs_log_warnings_stay_off_stderr(tmp_path, monkeypatch, caplog):
+    # As on a fresh machine: "Matplotlib is building the font cache", or a config directory it
+    # cannot write; matplotlib logs these as warnings, which Python prints on stderr.
+    figure = pytest.importorskip("matplotlib.figure")
+    savefig = figure.Figure.savefig
+
+    def noisy_savefig(self, *args, **kwargs):
+        logging.getLogger("matplotlib.font_manager").warning("building the font cache")
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(figure.Figure, "savefig", noisy_savefig)
+    with caplog.at_level(logging.WARNING):
+        assert reporting.plot_curves(_history(), tmp_path / "curves.png")
+        assert "font cache" not in caplog.text
+        logging.getLogger("matplotlib.font_manager").warning("after the plot")  # level restored
+        assert "after the plot" in caplog.text

@@ -4,6 +4,7 @@ for bit, refuses to clobber a run, locks, and survives an interrupt during evalu
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 import xpmlp
 from xpmlp import MLP, CheckpointError, ConfigError, RunDir, fit, fitting, load_model, training
 from xpmlp.checkpoint import checkpoint_name
+from xpmlp.runs import fcntl
 
 # A step schedule: unlike cosine, it does not depend on the run's length, so a run of 2 epochs
 # extended to 4 is the same as one of 4.
@@ -117,10 +119,92 @@ def test_resume_refuses_other_settings_or_another_model(tmp_path, problem):
 
 def test_one_writer_at_a_time(tmp_path):
     with RunDir(tmp_path / "r").create():
+        assert (tmp_path / "r" / ".lock").read_text() == f"{os.getpid()}\n"
         with pytest.raises(ConfigError, match=r"in use by another xpmlp process \(pid \d+\)"):
             RunDir(tmp_path / "r").open()
-    with RunDir(tmp_path / "r").open():  # released on exit
+    assert not (tmp_path / "r" / ".lock").exists()  # released and removed on exit
+    with RunDir(tmp_path / "r").open():
         pass
+
+
+def _while_opening_the_lock(monkeypatch, meanwhile):
+    """Run ``meanwhile()`` once, when the next RunDir has opened its lock file but not locked it."""
+    flock = fcntl.flock
+    pending = [meanwhile]
+
+    def late_flock(handle, operation):
+        if pending:
+            pending.pop()()
+        return flock(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", late_flock)
+
+
+def _holds(run: RunDir) -> bool:
+    """Whether ``run`` holds the lock of the file its .lock path names now."""
+    path = run.path / ".lock"
+    if not path.exists():
+        return False
+    with open(path) as other:  # a second open file: flock refuses it while ``run`` holds it
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(other, fcntl.LOCK_UN)
+    return False
+
+
+@pytest.mark.skipif(fcntl is None, reason="no flock")
+def test_a_lock_file_removed_under_a_waiter_is_opened_again(tmp_path, monkeypatch):
+    first = RunDir(tmp_path / "r").create()
+    waiter = RunDir(tmp_path / "r")
+    # The first writer finishes (unlocking and removing .lock) after the waiter opened the file:
+    # the waiter's flock succeeds on a file no longer in the directory, and must not count.
+    _while_opening_the_lock(monkeypatch, first.close)
+    with waiter.open():
+        assert _holds(waiter) and (tmp_path / "r" / ".lock").read_text() == f"{os.getpid()}\n"
+    assert not (tmp_path / "r" / ".lock").exists()
+
+
+@pytest.mark.skipif(fcntl is None, reason="no flock")
+def test_a_lock_file_removed_and_recreated_under_a_waiter_is_not_shared(tmp_path, monkeypatch):
+    first = RunDir(tmp_path / "r").create()
+    third = RunDir(tmp_path / "r")
+
+    def first_ends_and_a_third_starts():
+        first.close()
+        third.open()
+
+    _while_opening_the_lock(monkeypatch, first_ends_and_a_third_starts)
+    with pytest.raises(ConfigError, match="in use by another xpmlp process"):
+        RunDir(tmp_path / "r").open()  # it locked the removed file, then met the third's
+    assert _holds(third)
+    third.close()
+    assert not (tmp_path / "r" / ".lock").exists()
+
+
+def test_the_lock_file_goes_when_training_fails_or_is_interrupted(tmp_path, problem):
+    X, y, _ = problem
+
+    def failing(trainer, record):
+        raise RuntimeError("a callback's bug")
+
+    with pytest.raises(RuntimeError, match="a callback's bug"):
+        fit(_model(), X, y, epochs=2, out=tmp_path / "r", callbacks=[failing], **SETTINGS)
+    assert not (tmp_path / "r" / ".lock").exists()
+
+    def ctrl_c(trainer, record):
+        raise training.Interrupted()
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), X, y, epochs=3, out=tmp_path / "r", resume=True, callbacks=[ctrl_c],
+            **SETTINGS)  # fmt: skip
+    assert not (tmp_path / "r" / ".lock").exists()
+    broken = tmp_path / "r" / "checkpoints" / checkpoint_name(2)
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=checkpoint_name(2)):
+        fit(_model(), X, y, epochs=3, out=tmp_path / "r", resume=True, **SETTINGS)
+    assert not (tmp_path / "r" / ".lock").exists()
 
 
 def test_a_reader_writes_nothing(tmp_path, problem):
@@ -150,6 +234,8 @@ def test_interrupt_during_evaluation_keeps_the_last_completed_epoch(tmp_path, pr
     monkeypatch.setattr(training, "evaluate", evaluate)
     _, _, ckpt = load_model(tmp_path / "r")
     assert ckpt["path"].name == checkpoint_name(1) and ckpt["meta"]["trainer"]["epoch"] == 1
+    assert (tmp_path / "r" / "curves.png").read_bytes()[:4] == b"\x89PNG"  # the epochs so far
+    assert not (tmp_path / "r" / ".lock").exists()
     resumed = _model()
     fit(resumed, X, y, validation_data=val, epochs=3, out=tmp_path / "r", resume=True, **SETTINGS)
     _assert_same_params(resumed.state_dict(), straight.state_dict())

@@ -303,10 +303,15 @@ def _open_run(args, flags: dict, opened: dict):
             print(f"xpmlp: no checkpoint in {where} yet; starting the run there", file=sys.stderr)
             args.out, args.overwrite = where, True  # a run without a checkpoint holds nothing
     if resuming:
-        run = opened["run"] = RunDir(where).open()
-        ckpt = run.load_latest()
-        if ckpt is None:
-            raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
+        run = RunDir(where).open()
+        try:
+            ckpt = run.load_latest()
+            if ckpt is None:
+                raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
+        except BaseException:
+            run.close()  # releases the lock and removes its file
+            raise
+        opened["run"] = run
         return str(run.path), ckpt
     _, data, _ = _new_run(flags)
     run = RunDir(args.out or f"runs/{Path(data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -319,8 +324,10 @@ def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -
     X_train, y_train = prepared.train
     heard = {n["code"] for r in trainer.history for n in r.get("notes", ())}
     progress = reporting.Progress(trainer.epochs, quiet=quiet, heard=heard)
+    size = trainer.comm.size
+    processes = f", on {size} MPI processes" if size > 1 else ""
     progress.message(f"training {trainer.model} on {len(y_train):,} samples from "
-                     f"{prepared.source}; run directory {run.path}")  # fmt: skip
+                     f"{prepared.source}{processes}; run directory {run.path}")  # fmt: skip
     try:
         checked = trainer.check_data(X_train, y_train, validation_data=prepared.val,
                                      test_data=prepared.test)  # fmt: skip

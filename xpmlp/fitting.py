@@ -121,8 +121,8 @@ def fit(
         run.open() if resuming else run.create(overwrite=overwrite)
         return run.load_latest() if resuming else None
 
-    ckpt = on_root(comm, open_here)
-    with run:
+    with run:  # its lock is released (and its file removed) however training ends
+        ckpt = on_root(comm, open_here)
         if ckpt is not None:
             resume_from(trainer, ckpt)
         try:
@@ -176,7 +176,8 @@ def train_in_run(trainer: Trainer, run: RunDir, checked: FitData, *,
     A checkpoint of the starting epoch is written first, so the run can always be resumed; then
     one every ``checkpoint_every`` epochs and at the end. SIGINT and SIGTERM are deferred to the
     next step boundary (:class:`~xpmlp.signals.DeferredStop`); on an interrupt the last completed
-    epoch is saved before :class:`~xpmlp.signals.Interrupted` propagates. ``data`` (where the data
+    epoch is saved, and curves.png drawn from the epochs so far, before
+    :class:`~xpmlp.signals.Interrupted` propagates. ``data`` (where the data
     came from) goes into the checkpoints, ``info`` into config.json, and ``notify(text)`` hears
     what the user should know (a skipped plot).
     """
@@ -196,9 +197,11 @@ def train_in_run(trainer: Trainer, run: RunDir, checked: FitData, *,
             "train": config.to_dict(), "model": model.config(), "data": data,
             "scaling": scaler.method if scaler is not None else None,
             "device": model.backend.spec, "device_name": model.backend.device_name(),
-            **(info or {}),
+            "processes": trainer.comm.size, **(info or {}),
         })  # fmt: skip
         run.write_metrics(trainer.history)
+        if run.writer:
+            reporting.plotting_available()  # an interrupt then costs only the drawing
         latest = run.latest()
         if latest is None or latest.name != checkpoint_name(trainer.epoch):
             save()
@@ -207,14 +210,30 @@ def train_in_run(trainer: Trainer, run: RunDir, checked: FitData, *,
             trainer.fit_checked(checked, callbacks=[after_epoch, *callbacks], on_batch=on_batch)
         except KeyboardInterrupt:
             save()
+            _plot_so_far(trainer, run)
             raise
         finally:
             trainer.stop_signal = None
-        plotted = run.plot(trainer.history, title=_title(trainer), best_epoch=_best_epoch(trainer))
+        plotted = _plot(trainer, run)
         if not plotted and notify is not None:
             notify("matplotlib is not installed: curves.png skipped (pip install 'xpmlp[plot]')")
         stop.check()  # a signal during the plot: everything is saved; report the interrupt
     return trainer.history
+
+
+def _plot(trainer: Trainer, run: RunDir) -> bool:
+    return run.plot(trainer.history, title=_title(trainer), best_epoch=_best_epoch(trainer))
+
+
+def _plot_so_far(trainer: Trainer, run: RunDir) -> None:
+    """curves.png of an interrupted run's completed epochs. Its checkpoint is saved already, so
+    a failed plot, or a second Ctrl-C to skip it, costs only the plot."""
+    if not trainer.history:
+        return
+    try:
+        _plot(trainer, run)
+    except (Exception, KeyboardInterrupt):
+        pass
 
 
 def _title(trainer: Trainer) -> str:

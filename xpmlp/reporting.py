@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
 
 from .files import write_atomic
@@ -94,12 +96,22 @@ class Progress:
 
 def plot_curves(history: list[dict], path, *, title: str | None = None,
                 best_epoch: int | None = None) -> bool:  # fmt: skip
+    """Write :func:`curves_figure` to ``path`` (a PNG); False without matplotlib."""
+    fig = curves_figure(history, title=title, best_epoch=best_epoch)
+    if fig is None:
+        return False
+    _save(fig, path)
+    return True
+
+
+def curves_figure(history: list[dict], *, title: str | None = None,
+                  best_epoch: int | None = None):  # fmt: skip
     """Loss and accuracy per epoch (train / val / test), the learning rate, and health (each
-    layer's update ratio and gradient norm); ``best_epoch`` is marked. False without matplotlib.
+    layer's update ratio and gradient norm); ``best_epoch`` is marked. None without matplotlib.
     """
     plt = _pyplot()
     if plt is None:
-        return False
+        return None
     epochs = [r["epoch"] for r in history]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for ax, metric in zip(axes[0], ("loss", "accuracy")):
@@ -107,24 +119,40 @@ def plot_curves(history: list[dict], path, *, title: str | None = None,
             _line(ax, epochs, [r.get(f"{split}_{metric}") for r in history], split)
         _finish(ax, metric, best_epoch)
     _line(axes[1, 0], epochs, [r.get("lr") for r in history], "learning rate")
-    axes[1, 0].set_yscale("log")
     _finish(axes[1, 0], "learning rate (end of epoch)", best_epoch)
-    layers = sorted(
-        {k for r in history for k in (r.get("health") or {}) if k.startswith("layers.")}
-    )
-    for layer in layers:
-        for field, style in (("update_ratio", "-"), ("grad_norm", ":")):
-            values = [((r.get("health") or {}).get(layer) or {}).get(field) for r in history]
-            _line(axes[1, 1], epochs, values, f"{layer} {field}", linestyle=style)
-    if layers:
-        axes[1, 1].set_yscale("log")
-    _finish(axes[1, 1], "health: update ratio (-), gradient norm (:)", best_epoch)
+    _health(axes[1, 1], history, epochs)
+    _finish(axes[1, 1], "health per layer (log scale)", best_epoch)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
-    plt.close(fig)
-    return True
+    return fig
+
+
+# What the health panel draws of each layer (in the layer's colour), and its legend's words.
+HEALTH_LINES = (("update_ratio", "-", "update ratio (solid)"),
+                ("grad_norm", ":", "gradient norm (dotted)"))  # fmt: skip
+
+
+def _health(ax, history: list[dict], epochs: list[int]) -> None:
+    """Each layer's update ratio (how far an epoch moved its weights, relative to their norm)
+    and gradient norm on the probe batch, on a log axis; the legend names the layers by colour
+    and the fields by line style."""
+    layers = sorted(
+        {k for r in history for k in (r.get("health") or {}) if k.startswith("layers.")},
+        key=lambda name: int(name.split(".")[1]),
+    )
+    drawn = set()
+    for index, layer in enumerate(layers):
+        for field, style, _ in HEALTH_LINES:
+            values = [((r.get("health") or {}).get(layer) or {}).get(field) for r in history]
+            positive = [v if v is not None and v > 0 else None for v in values]
+            label = f"_{layer}" if layer in drawn else layer  # "_": no second legend entry
+            if _line(ax, epochs, positive, label, linestyle=style, color=f"C{index}"):
+                drawn.add(layer)
+    if drawn:
+        ax.set_yscale("log")
+        for _, style, words in HEALTH_LINES:
+            ax.plot([], [], color="grey", linestyle=style, label=words)
 
 
 def plot_runs(runs: dict[str, list[dict]], metric: str, path) -> bool:
@@ -137,26 +165,56 @@ def plot_runs(runs: dict[str, list[dict]], metric: str, path) -> bool:
         _line(ax, [r["epoch"] for r in history], [r.get(metric) for r in history], name)
     _finish(ax, metric, None)
     fig.tight_layout()
-    write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
-    plt.close(fig)
+    _save(fig, path)
     return True
+
+
+def plotting_available() -> bool:
+    """Import matplotlib now (about half a second, once per process) and say whether it is
+    installed: a run does it when it starts, so that an interrupted one only has to draw."""
+    return _pyplot() is not None
 
 
 def _pyplot():
     try:
-        import matplotlib
+        with _quiet_matplotlib():
+            import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
     except ImportError:
         return None
     return plt
 
 
-def _line(ax, epochs, values, label, **style) -> None:
-    if any(v is not None for v in values):
-        ax.plot(epochs, [float("nan") if v is None else v for v in values], marker=".",
-                label=label, **style)  # fmt: skip
+def _save(fig, path) -> None:
+    try:
+        with _quiet_matplotlib():
+            write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+    finally:
+        _pyplot().close(fig)
+
+
+@contextlib.contextmanager
+def _quiet_matplotlib():
+    """Keep matplotlib's log warnings (a font cache being built, a config directory it cannot
+    write, a missing font) off a training run's stderr; errors still show."""
+    logger = logging.getLogger("matplotlib")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _line(ax, epochs, values, label, **style) -> bool:
+    """Plot ``values`` (None where missing) unless all are missing; whether it was drawn."""
+    if all(v is None for v in values):
+        return False
+    ax.plot(epochs, [float("nan") if v is None else v for v in values], marker=".",
+            label=label, **style)  # fmt: skip
+    return True
 
 
 def _finish(ax, ylabel: str, best_epoch: int | None) -> None:
@@ -168,6 +226,9 @@ def _finish(ax, ylabel: str, best_epoch: int | None) -> None:
             linewidth=1,
             label=f"best (epoch {best_epoch})",
         )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -2,11 +2,11 @@
 
 A run directory holds::
 
-    config.json      every setting (model, training, data), library versions, device
+    config.json      every setting (model, training, data), library versions, device, processes
     metrics.jsonl    one JSON object per epoch
-    curves.png       loss and accuracy per epoch
+    curves.png       loss, accuracy, learning rate and layer health per epoch
     checkpoints/     checkpoint-epoch-NNNN.npz (see xpmlp.checkpoint), the newest few
-    .lock            held (flock) by the one process writing the run
+    .lock            held (flock) by the one process writing the run; removed when it ends
 
 Both ``xpmlp train`` and ``xpmlp.fit(..., out=...)`` write through :class:`RunDir`. A process
 that must not write (a non-zero rank of a distributed run) opens it with ``writer=False``: it
@@ -108,19 +108,29 @@ class RunDir:
         return self
 
     def lock(self) -> None:
-        """Take the run's lock, or fail with one line naming the process that holds it."""
+        """Take the run's lock, or fail with one line naming the process that holds it.
+
+        :meth:`close` removes the lock file while holding the lock, so a process that opened
+        the file just before that may win the lock on a file no longer in the directory: it
+        then opens the path again (a new file, or one another process has since locked).
+        """
         if fcntl is None or self._lock_file is not None:
             return
-        handle = open(self.path / LOCK, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise ConfigError(
-                f"run directory {self.path} is in use by another xpmlp process (pid {holder})"
-            ) from None
+        path = self.path / LOCK
+        while True:
+            handle = open(path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise ConfigError(
+                    f"run directory {self.path} is in use by another xpmlp process (pid {holder})"
+                ) from None
+            if _names(path, handle):
+                break
+            handle.close()  # removed by its last holder after we opened it
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -128,7 +138,10 @@ class RunDir:
         self._lock_file = handle
 
     def close(self) -> None:
+        """Release the lock and remove its file (while still holding it; see :meth:`lock`)."""
         if self._lock_file is not None:
+            if _names(self.path / LOCK, self._lock_file):
+                (self.path / LOCK).unlink()
             self._lock_file.close()  # closing releases the flock
             self._lock_file = None
 
@@ -198,6 +211,16 @@ class RunDir:
         return reporting.plot_curves(
             history, self.path / CURVES, title=title, best_epoch=best_epoch
         )
+
+
+def _names(path: Path, handle) -> bool:
+    """Whether ``path`` is still the file ``handle`` has open."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def trainer_state(ckpt: dict) -> dict:
