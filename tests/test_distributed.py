@@ -76,7 +76,7 @@ def test_one_process_is_its_own_communicator(monkeypatch):
 
 def test_mpi_without_mpi4py_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
-    with pytest.raises(ConfigError, match=r"mpi4py is not installed: pip install 'xpmlp\[mpi\]'"):
+    with pytest.raises(ConfigError, match=r'mpi4py is not installed: pip install "mpi4py>=4" \(in an xpmlp checkout: pip install ".\[mpi\]"\)'):
         distributed.communicator("mpi")
 
 

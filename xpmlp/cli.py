@@ -33,7 +33,7 @@ from .distributed import (
     on_root,
 )  # fmt: skip
 from .doctor import check_file
-from .errors import CheckpointError, ConfigError, DataError, XpmlpError
+from .errors import CheckpointError, ConfigError, DataError, XpmlpError, install_hint
 from .files import write_atomic
 from .fitting import RESUMABLE, resume_from, resumed_settings, train_in_run
 from .inputs import Scaler, check_rows, encode_labels
@@ -471,7 +471,7 @@ def cmd_plot(args) -> int:
         if not any(record.get(args.metric) is not None for record in runs[name]):
             raise DataError(f"{path} has no values of {args.metric!r}")
     if not reporting.plot_runs(runs, args.metric, args.output):
-        raise ConfigError("xpmlp plot needs matplotlib: pip install 'xpmlp[plot]'")
+        raise ConfigError(f"xpmlp plot needs matplotlib: {install_hint('matplotlib>=3.11', 'plot')}")
     print(f"wrote {args.output}")
     return 0
 

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from .backend import get_backend
-from .errors import ConfigError, XpmlpError
+from .errors import ConfigError, XpmlpError, install_hint
 
 MODES = ("auto", "none", "mpi")
 REDUCTIONS = ("ordered", "allreduce")
@@ -135,7 +135,7 @@ def communicator(mode: str = "auto", *, reduce: str = "ordered"):
     except ImportError:
         raise ConfigError(
             "MPI was asked for (or an MPI launcher started this process) but mpi4py is not "
-            "installed: pip install 'xpmlp[mpi]'"
+            f"installed: {install_hint('mpi4py>=4', 'mpi')}"
         ) from None
     size = mpi.COMM_WORLD.Get_size()
     if size == 1 and launched and launched > 1:

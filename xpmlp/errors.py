@@ -1,6 +1,12 @@
 """Domain errors. The command line turns any of these into one line on stderr and exit status 2."""
 
 
+def install_hint(requirement: str, extra: str) -> str:
+    """How to install an optional dependency: by its own name (xpmlp is not on PyPI), or through
+    the extra of an xpmlp checkout."""
+    return f'pip install "{requirement}" (in an xpmlp checkout: pip install ".[{extra}]")'
+
+
 class XpmlpError(Exception):
     """Base class for every error a user can cause with bad input."""
 

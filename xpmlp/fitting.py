@@ -11,7 +11,7 @@ from . import reporting
 from .checkpoint import checkpoint_name
 from .config import DataConfig, TrainConfig
 from .distributed import communicator, on_root
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, install_hint
 from .fitdata import FitData
 from .inputs import Scaler
 from .model import MLP
@@ -216,7 +216,8 @@ def train_in_run(trainer: Trainer, run: RunDir, checked: FitData, *,
             trainer.stop_signal = None
         plotted = _plot(trainer, run)
         if not plotted and notify is not None:
-            notify("matplotlib is not installed: curves.png skipped (pip install 'xpmlp[plot]')")
+            hint = install_hint("matplotlib>=3.11", "plot")
+            notify(f"matplotlib is not installed: curves.png skipped ({hint})")
         stop.check()  # a signal during the plot: everything is saved; report the interrupt
     return trainer.history
 

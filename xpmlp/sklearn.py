@@ -6,7 +6,7 @@ for the L2 penalty, ...; not ``max_fun``, which is for "lbfgs"), plus xpmlp's ow
 ``dtype``, ``optimizer``, which overrides ``solver``, ``schedule``, ``dropout``, ``clip_norm``,
 and ``class_weight`` for the classifier). The namespace and device follow X: a CuPy array trains on
 its GPU and predictions come back as CuPy arrays; NumPy in, NumPy out (``device`` then decides
-where training runs). Needs scikit-learn: ``pip install 'xpmlp[sklearn]'``.
+where training runs). Needs scikit-learn: ``pip install "scikit-learn>=1.8"``.
 """
 
 from __future__ import annotations
