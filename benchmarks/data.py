@@ -34,7 +34,7 @@ def load(data_dir: str | None, *, synthetic: bool = False) -> Data:
     if synthetic:
         return synthetic_data()
     try:
-        from xpmlp.datasets import load_dataset
+        from xpmlp.data.datasets import load_dataset
     except ImportError:  # the package's loader has not landed: read the IDX files here
         return _load_idx(Path(data_dir or DEFAULT_DATA_DIR))
     ds = load_dataset("fashion-mnist", data_dir=data_dir or DEFAULT_DATA_DIR, download=False)

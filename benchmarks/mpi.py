@@ -31,8 +31,8 @@ def worker(rows: int, repeats: int, reduce: str) -> dict:
     import numpy as np
 
     import xpmlp
-    from xpmlp import distributed
-    from xpmlp.datasets import load_dataset
+    from xpmlp.data.datasets import load_dataset
+    from xpmlp.train import distributed
 
     comm = distributed.communicator("auto", reduce=reduce)
     distributed.limit_blas_threads(comm)

@@ -36,7 +36,7 @@ class Xpmlp:
 
     def __init__(self, workload: Workload, X, y, *, device: str = "cpu", seed: int = 0):
         import xpmlp
-        from xpmlp.training import Trainer
+        from xpmlp.train.trainer import Trainer
 
         self.model = xpmlp.MLP(workload.layer_sizes, device=device, seed=seed)
         self.trainer = Trainer(
@@ -127,7 +127,7 @@ class Torch:
 
     def epoch(self) -> float:
         torch = self.torch
-        from xpmlp.rng import batch_order
+        from xpmlp.core.rng import batch_order
 
         n = self.X.shape[0]
         order = torch.from_numpy(batch_order(n, seed=self.seed, epoch=self.epochs_done))

@@ -43,7 +43,7 @@ def main() -> int:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier as Theirs
 
-    from xpmlp.datasets import load_dataset
+    from xpmlp.data.datasets import load_dataset
     from xpmlp.sklearn import MLPClassifier as Ours
 
     warnings.simplefilter("ignore", ConvergenceWarning)

@@ -9,7 +9,7 @@
 import argparse
 
 import xpmlp
-from xpmlp.datasets import load_dataset
+from xpmlp.data.datasets import load_dataset
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=10)

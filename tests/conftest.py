@@ -21,8 +21,8 @@ os.environ.setdefault("SCIPY_ARRAY_API", "1")
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
-
 from optional import missing, need
+
 from xpmlp import DeviceError, get_backend
 
 

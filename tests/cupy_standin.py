@@ -358,7 +358,7 @@ class RawModule:
         self.code, self.options = code, options
 
     def get_function(self, name: str):
-        from xpmlp.kernels import TWINS
+        from xpmlp.core.kernels import TWINS
 
         if kernel_faults.get(name) == "compile" or name not in TWINS:
             raise RuntimeError(f"CompileException: {name}: stand-in compilation failure")

@@ -32,7 +32,9 @@ HOW = {  # component: how to enable it on a developer's machine
     "matplotlib": 'pip install ".[plot]"',
 }
 
-MPIEXEC = shutil.which("mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+MPIEXEC = shutil.which(
+    "mpiexec", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+)
 
 
 def required() -> set[str]:

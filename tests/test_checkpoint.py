@@ -7,8 +7,8 @@ import pytest
 from optional import need
 
 import xpmlp
-from xpmlp import checkpoint
 from xpmlp.errors import CheckpointError
+from xpmlp.train import checkpoint
 
 
 def _arrays(value=1.0):
@@ -119,7 +119,7 @@ def _format_1_checkpoint(folder):
 
 
 def test_format_1_checkpoints_still_evaluate_but_do_not_resume(tmp_path):
-    from xpmlp.runs import load_model, trainer_state
+    from xpmlp.train.runs import load_model, trainer_state
 
     original = _format_1_checkpoint(tmp_path / "old" / "checkpoints")
     model, scaler, ckpt = load_model(tmp_path / "old")

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpmlp import checkpoint, cli, datasets, reporting
 from xpmlp.cli import build_parser, main
+from xpmlp.cli import train as cli_train
+from xpmlp.data import datasets
+from xpmlp.train import checkpoint, reporting
 
 REQUIRED_METRICS = {
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -105,7 +107,7 @@ class _RankZeroOfTwo:
 
 
 def test_an_mpi_run_says_how_many_processes(tmp_path, toy, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "communicator", lambda *args, **kwargs: _RankZeroOfTwo())
+    monkeypatch.setattr(cli_train, "communicator", lambda *args, **kwargs: _RankZeroOfTwo())
     assert main(["train", "--device", "cpu", "--dataset", str(toy[0]), "--hidden", "8",
                  "--epochs", "1", "--out", str(tmp_path / "r")]) == 0  # fmt: skip
     first = capsys.readouterr().err.splitlines()[0]
@@ -426,7 +428,9 @@ def test_python_dash_m_reports_errors_without_traceback(tmp_path):
 
 def test_console_script_is_installed():
     # pip puts the script beside this Python (a virtualenv's bin/, active or not)
-    script = shutil.which("xpmlp", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    script = shutil.which(
+        "xpmlp", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    )
     assert script, f"no xpmlp script beside {sys.executable} or on PATH"
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("xpmlp ")
@@ -716,8 +720,8 @@ def test_device_command_probes_the_device(capsys, cupy_standin):
 
 def _fake_fashion_mnist(folder: Path) -> list[str]:
     """Tiny IDX files standing in for Fashion-MNIST (4x4 images); returns the train command."""
-    from xpmlp.datasets import FILENAMES
-    from xpmlp.idx import write_idx
+    from xpmlp.data.datasets import FILENAMES
+    from xpmlp.data.idx import write_idx
 
     rng = np.random.default_rng(0)
     folder.mkdir()
@@ -730,7 +734,7 @@ def _fake_fashion_mnist(folder: Path) -> list[str]:
 
 
 def test_evaluate_names_the_classes_of_a_built_in_dataset(tmp_path, capsys):
-    from xpmlp.datasets import CLASS_NAMES
+    from xpmlp.data.datasets import CLASS_NAMES
 
     common = _fake_fashion_mnist(tmp_path / "fmnist")
     assert main(["train", *common, "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "r"),
@@ -799,7 +803,7 @@ def test_an_unknown_dataset_lists_the_built_in_ones(tmp_path, capsys, monkeypatc
 
 
 def test_predict_prints_the_names_of_a_built_in_datasets_classes(tmp_path, capsys):
-    from xpmlp.datasets import CLASS_NAMES
+    from xpmlp.data.datasets import CLASS_NAMES
 
     common = _fake_fashion_mnist(tmp_path / "fmnist")
     assert main(["train", *common, "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "r"),

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from optional import has, reason
 
-from xpmlp import datasets
-from xpmlp.datasets import FILENAMES, load_dataset, train_val_split
+from xpmlp.data import datasets
+from xpmlp.data.datasets import FILENAMES, load_dataset, train_val_split
+from xpmlp.data.idx import read_idx, write_idx
+from xpmlp.data.inputs import Scaler, check_finite, check_labels
+from xpmlp.data.userdata import load_arrays
 from xpmlp.errors import ConfigError, DataError
-from xpmlp.idx import read_idx, write_idx
-from xpmlp.inputs import Scaler, check_finite, check_labels
-from xpmlp.userdata import load_arrays
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_NATIVE_DTYPES = ["uint8", "int8", "int16", "int32", "float32", "float64"]

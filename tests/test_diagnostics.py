@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from optional import need
 
-from xpmlp import MLP, DivergedError, Trainer, checkpoint, fit
+from xpmlp import MLP, DivergedError, Trainer, fit
 from xpmlp.cli import main
-from xpmlp.diagnostics import LAYER_FIELDS, notes_for
+from xpmlp.train import checkpoint
+from xpmlp.train.health import LAYER_FIELDS, notes_for
 
 
 def _codes(history) -> set[str]:

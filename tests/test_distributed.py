@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from optional import MPIEXEC, has, need, reason
 
-from xpmlp import MLP, ConfigError, Trainer, distributed
-from xpmlp.distributed import shard_bounds
+from xpmlp import MLP, ConfigError, Trainer
+from xpmlp.train import distributed
+from xpmlp.train.distributed import shard_bounds
 
 TIMEOUT = 120
 
@@ -76,7 +77,10 @@ def test_one_process_is_its_own_communicator(monkeypatch):
 
 def test_mpi_without_mpi4py_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
-    with pytest.raises(ConfigError, match=r'mpi4py is not installed: pip install "mpi4py>=4" \(in an xpmlp checkout: pip install ".\[mpi\]"\)'):
+    with pytest.raises(
+        ConfigError,
+        match=r'mpi4py is not installed: pip install "mpi4py>=4" \(in an xpmlp checkout: pip install ".\[mpi\]"\)',
+    ):
         distributed.communicator("mpi")
 
 

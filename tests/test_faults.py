@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xpmlp import checkpoint
+from xpmlp.train import checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from xpmlp import MLP, gradcheck, ops, to_numpy
+from xpmlp import MLP, to_numpy
+from xpmlp.core import gradcheck, ops
 
 ACTIVATIONS = sorted(ops.ACTIVATIONS)
 LOSSES = sorted(ops.LOSSES)

@@ -5,14 +5,14 @@ on a real GPU the compiled kernels agree with the portable path."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from optional import missing, need
 from tolerances import real_gpu
 
-from xpmlp import MLP, Trainer, kernels, ops, rng, to_numpy
+from xpmlp import MLP, Trainer, to_numpy
 from xpmlp.backend import get_backend
+from xpmlp.core import kernels, ops, rng
 
 CONFIGS = [
     pytest.param({"activation": act}, id=act) for act in (*kernels.FUSED_ACTIVATIONS, "gelu")

@@ -11,8 +11,9 @@ import pytest
 from optional import need
 from tolerances import rtol_for
 
-import xpmlp.model
-from xpmlp import MLP, CheckpointError, ConfigError, DataError, ops, to_numpy
+import xpmlp.core.model
+from xpmlp import MLP, CheckpointError, ConfigError, DataError, to_numpy
+from xpmlp.core import ops
 
 ACTIVATIONS = sorted(ops.ACTIVATIONS)
 LOSSES = sorted(ops.LOSSES)
@@ -408,7 +409,7 @@ def test_predict_in_chunks_equals_one_pass(backend, monkeypatch):
     X = np.random.default_rng(1).normal(size=(23, 4))
     model = MLP([4, 5, 3], device=backend, dtype="float64")
     whole = to_numpy(model.predict_proba(X))
-    monkeypatch.setattr(xpmlp.model, "EVAL_BATCH", 5)  # 5 + 5 + 5 + 5 + 3 rows
+    monkeypatch.setattr(xpmlp.core.model, "EVAL_BATCH", 5)  # 5 + 5 + 5 + 5 + 3 rows
     np.testing.assert_allclose(to_numpy(model.predict_proba(X)), whole, rtol=1e-14)
     np.testing.assert_array_equal(to_numpy(model.predict(X)), np.argmax(whole, axis=1))
 
@@ -554,7 +555,7 @@ def test_outputs_are_chunked_without_changing_them(backend):
 def test_device_masks_are_the_same_bits_on_every_backend(backend, key, shape):
     # NumPy and CuPy take a uint32 path, array-api-strict and torch a portable int64 one: the
     # same bits, compared here with NumPy's.
-    from xpmlp import rng
+    from xpmlp.core import rng
 
     expected = rng.dropout_mask(np, shape, 0.3, key, dtype=np.float64, device=None)
     with backend.activate():  # rng runs on the current device; the model makes its own current
@@ -565,7 +566,7 @@ def test_device_masks_are_the_same_bits_on_every_backend(backend, key, shape):
 
 
 def test_device_masks_drop_at_the_rate_independently():
-    from xpmlp import rng
+    from xpmlp.core import rng
 
     masks = np.stack([rng.dropout_mask(np, (500, 200), 0.25, (3, i), dtype=np.float64, device=None)
                       for i in range(10)])  # fmt: skip

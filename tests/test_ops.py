@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from tolerances import rtol_for
 
-from xpmlp import ConfigError, ops, to_numpy
+from xpmlp import ConfigError, to_numpy
+from xpmlp.core import ops
 
 # Independent float64 references, written from the textbook definitions.
 REFERENCE = {

@@ -13,7 +13,7 @@ from tolerances import rtol_for
 
 import xpmlp
 from xpmlp import CheckpointError, ConfigError, Schedule, clip_grad_norm, make_optimizer, to_numpy
-from xpmlp.optim import FLUSH_EVERY, OPTIMIZERS
+from xpmlp.core.optim import FLUSH_EVERY, OPTIMIZERS
 
 P0 = np.array([1.0, -2.0])
 G1 = np.array([0.5, -1.0])

@@ -10,6 +10,7 @@ from optional import need
 
 from xpmlp.cli import main
 
+
 @pytest.fixture
 def fashion_dir():
     return need("realdata")

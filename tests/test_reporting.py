@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from xpmlp import reporting
+from xpmlp.train import reporting
 
 RECORD = {
     "epoch": 2, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": None, "val_accuracy": None,

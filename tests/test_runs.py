@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 import xpmlp
-from xpmlp import MLP, CheckpointError, ConfigError, RunDir, fit, fitting, load_model, training
-from xpmlp.checkpoint import checkpoint_name
-from xpmlp.runs import fcntl
+from xpmlp import MLP, CheckpointError, ConfigError, RunDir, fit, load_model
+from xpmlp.train import fitting
+from xpmlp.train import trainer as training
+from xpmlp.train.checkpoint import checkpoint_name
+from xpmlp.train.runs import fcntl
 
 # A step schedule: unlike cosine, it does not depend on the run's length, so a run of 2 epochs
 # extended to 4 is the same as one of 4.
@@ -242,7 +244,7 @@ def test_interrupt_during_evaluation_keeps_the_last_completed_epoch(tmp_path, pr
 
 
 def test_load_model_names_a_malformed_checkpoint(tmp_path):
-    from xpmlp import checkpoint
+    from xpmlp.train import checkpoint
 
     checkpoint.save(tmp_path / "c.npz", meta={"model": {"layer_sizes": [2, 2], "colour": 1}},
                     arrays={})  # fmt: skip
@@ -251,7 +253,7 @@ def test_load_model_names_a_malformed_checkpoint(tmp_path):
 
 
 def test_resume_names_a_model_setting_only_the_run_has(tmp_path, problem):
-    from xpmlp import checkpoint
+    from xpmlp.train import checkpoint
 
     X, y, _ = problem
     fit(_model(), X, y, epochs=1, out=tmp_path / "r", **SETTINGS)

@@ -22,9 +22,9 @@ from xpmlp import (
     evaluate,
     fit,
     get_backend,
-    rng,
     to_numpy,
 )
+from xpmlp.core import rng
 
 HISTORY_KEYS = {
     "epoch",

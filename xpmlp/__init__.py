@@ -5,6 +5,10 @@ NumPy on the CPU, CuPy on CUDA GPUs, chosen at run time::
     import xpmlp
     model = xpmlp.MLP([784, 300, 300, 10], device="auto")
     history = xpmlp.fit(model, X_train, y_train, epochs=10, validation_data=(X_val, y_val))
+
+The package's door: its public names, from the layers below (docs/architecture.md). The
+ground is ``errors``, ``files`` and ``backend``; above it ``data``, ``core``, ``train``, then
+``doctor``, ``sklearn`` and ``cli``.
 """
 
 import signal as _signal
@@ -21,10 +25,11 @@ _holding = (
 if _holding:
     _signal.signal(_signal.SIGINT, lambda signum, frame: _held.append(signum))
 try:
-    from . import distributed, doctor
+    from . import doctor
     from ._version import __version__
     from .backend import Backend, get_backend, to_numpy
-    from .config import DataConfig, TrainConfig
+    from .core import MLP, LayerRecord, Schedule, clip_grad_norm, gradcheck, make_optimizer
+    from .data import Scaler
     from .errors import (
         CheckpointError,
         ConfigError,
@@ -34,14 +39,19 @@ try:
         NonFiniteError,
         XpmlpError,
     )
-    from .fitting import fit
-    from .gradcheck import gradcheck
-    from .inputs import Scaler
-    from .metrics import evaluate
-    from .model import MLP, LayerRecord
-    from .optim import Schedule, clip_grad_norm, make_optimizer
-    from .runs import RunDir, load_model
-    from .training import Trainer
+    from .moved import keep_old_paths
+    from .train import (
+        DataConfig,
+        RunDir,
+        TrainConfig,
+        Trainer,
+        distributed,
+        evaluate,
+        fit,
+        load_model,
+    )
+
+    keep_old_paths(globals())
 finally:
     if _holding:
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)

@@ -11,6 +11,8 @@ Device specs
 ``array-api-strict[:NAME]``   array-api-strict, for testing; NAME picks one of its devices
                               (``CPU_DEVICE``, ``device1``, ``device2``).
 ``torch[:DEVICE]``            PyTorch through array-api-compat, for testing (``torch``, ``torch:cuda``).
+
+Imports from: xpmlp.errors.
 """
 
 from __future__ import annotations

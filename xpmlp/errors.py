@@ -1,4 +1,7 @@
-"""Domain errors. The command line turns any of these into one line on stderr and exit status 2."""
+"""Domain errors. The command line turns any of these into one line on stderr and exit status 2.
+
+Imports from: nothing in xpmlp.
+"""
 
 
 def install_hint(requirement: str, extra: str) -> str:

@@ -1,4 +1,7 @@
-"""Atomic file writes: a crash at any moment leaves the old file or the new one, never half."""
+"""Atomic file writes: a crash at any moment leaves the old file or the new one, never half.
+
+Imports from: nothing in xpmlp.
+"""
 
 from __future__ import annotations
 

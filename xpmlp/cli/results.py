@@ -1,0 +1,108 @@
+"""What a trained run gives: ``xpmlp evaluate``, ``xpmlp predict`` and ``xpmlp plot``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import get_backend, to_numpy
+from ..core.model import MLP
+from ..data import userdata
+from ..data.inputs import Scaler, check_rows, encode_labels
+from ..errors import ConfigError, DataError, install_hint
+from ..files import write_atomic
+from ..train import reporting
+from ..train.config import DataConfig
+from ..train.metrics import evaluate
+from ..train.prepare import load_data, scaled
+from ..train.runs import class_names_of, classes_of, load_model
+
+
+def scaled_input(X, scaler: Scaler | None, model: MLP, where: str):
+    if X.ndim != 2 or X.shape[1] != model.layer_sizes[0]:
+        raise DataError(
+            f"{where} has shape {X.shape}; the checkpoint's model expects (n, {model.layer_sizes[0]}) inputs"
+        )
+    if scaler is None:
+        scaler = Scaler.fit(X[:0], "none")
+    elif scaler.looks_already_scaled(X):
+        print(f"xpmlp: warning: {where} looks already scaled (values within [{X.min():.3g}, "
+              f"{X.max():.3g}]; the model was trained on raw values and scales them itself "
+              f"({scaler.method})); pass raw values", file=sys.stderr)  # fmt: skip
+    return scaled(scaler, X, model.dtype_name, where)
+
+
+def cmd_evaluate(args) -> int:
+    model, scaler, ckpt = load_model(args.checkpoint, device=get_backend(args.device))
+    classes = classes_of(ckpt, model)
+    data = DataConfig(dataset=args.dataset, data_dir=args.data_dir, label_column=args.label_column,
+                      download=not args.no_download)  # fmt: skip
+    X_train, y_train, X_test, y_test, _, source = load_data(data)
+    X, y = (X_test, y_test) if data.builtin and args.split == "test" else (X_train, y_train)
+    check_rows(X, y, where=args.dataset)
+    X = scaled_input(X, scaler, model, where=f"{args.dataset}")
+    y = encode_labels(y, classes, where=f"the labels of {args.dataset}")
+    metrics = evaluate(model, X, y)
+    confusion = metrics["confusion_matrix"]
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    names = class_names_of(ckpt, classes, dataset=args.dataset if data.builtin else None)
+    result = {
+        "checkpoint": str(ckpt["path"]), "dataset": args.dataset, "samples": len(y),
+        "loss": metrics["loss"], "accuracy": metrics["accuracy"], "classes": classes.tolist(),
+        "class_names": names,
+        "per_class_accuracy": per_class.tolist(), "confusion_matrix": confusion.tolist(),
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['checkpoint']} on {args.dataset} ({len(y)} samples): "
+          f"loss {metrics['loss']:.4f}  accuracy {metrics['accuracy']:.4f}")  # fmt: skip
+    labels = names or [str(c) for c in classes]
+    print("per-class accuracy: " + "  ".join(f"{c}:{a:.3f}" for c, a in zip(labels, per_class)))
+    print("confusion matrix (rows: true class, columns: predicted; classes " +
+          " ".join(map(str, classes)) + "):")  # fmt: skip
+    width = max(len(str(confusion.max())), 3)
+    for row in confusion:
+        print(" ".join(f"{v:>{width}}" for v in row))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    model, scaler, ckpt = load_model(args.checkpoint, device=get_backend(args.device))
+    classes = classes_of(ckpt, model)
+    X = scaled_input(userdata.load_features(args.input), scaler, model, where=str(args.input))
+    probabilities = to_numpy(model.predict_proba(X))
+    index = probabilities.argmax(axis=1)
+    labels = classes[index]  # in the labels' own values
+    names = class_names_of(ckpt, classes)
+    named = {} if names is None else {"names": np.asarray(names)[index], "class_names": names}
+    if args.output:
+        write_atomic(args.output, lambda h: np.savez(h, labels=labels, probabilities=probabilities,
+                                                     classes=classes, **named))  # fmt: skip
+        print(f"wrote {len(labels)} predictions to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write("".join(f"{label}\n" for label in named.get("names", labels)))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    runs = {}
+    for name in args.runs:
+        path = Path(name) / "metrics.jsonl"
+        if not path.is_file():
+            raise DataError(f"{name} is not a run directory (no metrics.jsonl)")
+        try:
+            runs[name] = [json.loads(line) for line in path.read_text().splitlines() if line]
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} is not JSON lines: {exc}") from None
+        if not any(record.get(args.metric) is not None for record in runs[name]):
+            raise DataError(f"{path} has no values of {args.metric!r}")
+    if not reporting.plot_runs(runs, args.metric, args.output):
+        raise ConfigError(
+            f"xpmlp plot needs matplotlib: {install_hint('matplotlib>=3.11', 'plot')}"
+        )
+    print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,13 @@
+"""The backprop doctor: a user's own hand-written network, checked against xpmlp's, the bug named.
+
+:func:`check_gradients` compares the user's ``grads(weights, biases, X, Y)`` with xpmlp's float64
+backward pass on the same weights and names the bug; :func:`check_forward` does the same for
+``forward(weights, biases, X)``; :func:`check_batches` finds X and y shuffled apart;
+:func:`check_file` runs all that apply to a user's file (``xpmlp doctor FILE``).
+
+Imports from: xpmlp.errors, xpmlp.backend, xpmlp.core.
+"""
+
+from .checks import Finding, Report, check_batches, check_file, check_forward, check_gradients
+
+__all__ = ["Finding", "Report", "check_batches", "check_file", "check_forward", "check_gradients"]

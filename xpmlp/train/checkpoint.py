@@ -1,0 +1,162 @@
+"""Where a checkpoint is written and read: one ``.npz`` holding arrays and a JSON header.
+
+Layout of the archive (loaded with ``allow_pickle=False``):
+
+``meta``                 uint8 array: UTF-8 JSON with the format version, ``model`` (its
+                         config), ``trainer`` (:meth:`Trainer.state_dict`'s meta: epoch, history,
+                         training config, optimizer steps, early stopping), ``data`` (where the
+                         data came from, when known), ``scaling`` (the scaler's method) and ``rng``
+``params/<name>``        model parameters, e.g. ``params/layers.0.weight``
+``optimizer/<name>.<slot>``  optimizer moments, e.g. ``optimizer/layers.0.weight.m``
+``best/<name>``          best weights so far (early stopping), when kept
+``scaling/offset``, ``scaling/factor``  input preprocessing: ``X_scaled = (X - offset) / factor``
+
+The groups ``params``, ``optimizer`` and ``best`` are exactly those of :meth:`Trainer.state_dict`.
+Format 1 (xpmlp before the L2 penalty was named ``l2``) still loads, for evaluation and
+prediction; resuming it is refused with one line.
+
+Writes are atomic: a temporary file in the same directory, fsync, then rename, so a crash at
+any moment leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError
+from ..files import write_atomic
+
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+_NAME = re.compile(r"^checkpoint-epoch-(\d+)\.npz$")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"checkpoint-epoch-{epoch:04d}.npz"
+
+
+def save(path, *, meta: dict, arrays: dict[str, dict[str, np.ndarray] | None]) -> Path:
+    """Atomically write a checkpoint.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.npz`` file to write; its directory must exist.
+    meta : dict
+        JSON-serialisable header.
+    arrays : dict
+        Group name (``params``, ``optimizer``, ``best``, ``scaling``) -> {name: host array};
+        a None group is left out.
+    """
+    path = Path(path)
+    flat = {
+        "meta": np.frombuffer(json.dumps({"format": FORMAT_VERSION, **meta}).encode(), np.uint8)
+    }
+    for group, members in arrays.items():
+        for name, value in (members or {}).items():
+            flat[f"{group}/{name}"] = np.asarray(value)
+    return write_atomic(path, lambda handle: np.savez(handle, **flat))
+
+
+def load(path) -> dict:
+    """Read a checkpoint written by :func:`save`.
+
+    Returns
+    -------
+    dict
+        ``meta`` (the JSON header) and one dict of NumPy arrays per group.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, not a checkpoint, or corrupt.
+    """
+    path = resolve(path)
+    try:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
+            flat = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if "meta" not in flat:
+        raise CheckpointError(f"{path} is not an xpmlp checkpoint (no meta entry)")
+    try:
+        meta = json.loads(flat.pop("meta").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} has a corrupt meta entry: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(
+            f"{path} has checkpoint format {found}; this xpmlp reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}"
+        )
+    if meta["format"] == 1:
+        meta = _upgrade_format_1(meta)
+    result: dict = {
+        "meta": meta,
+        "path": path,
+        "params": {},
+        "optimizer": {},
+        "best": None,
+        "scaling": {},
+    }
+    for key, value in flat.items():
+        group, _, name = key.partition("/")
+        if group == "best" and result["best"] is None:
+            result["best"] = {}
+        result.setdefault(group, {})[name] = value
+    return result
+
+
+def _upgrade_format_1(meta: dict) -> dict:
+    """Format 1 named the model's L2 penalty ``weight_decay``; it kept no training config."""
+    model = dict(meta.get("model") or {})
+    if "weight_decay" in model:
+        model["l2"] = model.pop("weight_decay")
+    return {**meta, "model": model}
+
+
+def resolve(path) -> Path:
+    """A checkpoint file itself, or the newest checkpoint in a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        newest = latest(path)
+        if newest is None:
+            raise CheckpointError(f"no checkpoint found in {path}")
+        return newest
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file")
+    return path
+
+
+def latest(directory) -> Path | None:
+    """The checkpoint with the highest epoch in ``directory`` (or its ``checkpoints/``)."""
+    candidates = []
+    for folder in (Path(directory), Path(directory) / "checkpoints"):
+        if folder.is_dir():
+            candidates += [
+                (int(m.group(1)), p)
+                for p in folder.iterdir()
+                if (m := _NAME.match(p.name)) and p.is_file()  # a FIFO would hang the reader
+            ]
+    return max(candidates)[1] if candidates else None
+
+
+def prune(directory, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints in ``directory``, and stale temporaries.
+
+    A temporary file is only left behind by a writer that was killed mid-write.
+    """
+    for stale in Path(directory).glob(".tmp-*"):
+        stale.unlink(missing_ok=True)
+    found = sorted(
+        (int(m.group(1)), p) for p in Path(directory).iterdir() if (m := _NAME.match(p.name))
+    )
+    for _, old in found[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
