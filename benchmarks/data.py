@@ -30,7 +30,7 @@ class Data:
 
 
 def load(data_dir: str | None, *, synthetic: bool = False) -> Data:
-    """Fashion-MNIST from ``data_dir`` (through xpmlp.datasets when it exists), or synthetic data."""
+    """Fashion-MNIST from ``data_dir`` (through xpmlp.data.datasets when it exists), or synthetic data."""
     if synthetic:
         return synthetic_data()
     try:

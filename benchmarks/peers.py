@@ -4,7 +4,7 @@ Each trains a workload's network on a training set it was given, one epoch per :
 and is timed from outside between two :meth:`sync` calls. Frameworks that are not installed are
 skipped by :func:`available`.
 
-- ``xpmlp``: the package's own loop (:meth:`xpmlp.training.Trainer.train_epoch`).
+- ``xpmlp``: the package's own loop (:meth:`xpmlp.train.trainer.Trainer.train_epoch`).
 - ``torch`` / ``torch.compile``: a plain idiomatic loop: ``nn.Sequential`` of ``nn.Linear`` and
   ``nn.ReLU``, ``nn.CrossEntropyLoss``, ``torch.optim.Adam`` (default foreach), data as tensors on
   the device, each batch gathered by indexing with a slice of the epoch's permutation. It starts

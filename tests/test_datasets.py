@@ -1,4 +1,4 @@
-"""Tests for xpmlp.datasets: IDX files, dataset lookup and download, user arrays, preprocessing."""
+"""Tests for xpmlp.data.datasets: IDX files, dataset lookup and download, user arrays, preprocessing."""
 
 import ast
 import gzip

@@ -1,4 +1,4 @@
-"""Data-parallel training (xpmlp/distributed.py).
+"""Data-parallel training (xpmlp/train/distributed.py).
 
 In one process: ``grad_shards`` (what W processes compute) agrees with the whole-batch gradient
 to 1e-12 in float64. Under ``mpiexec -n 2`` (launched as a subprocess with a timeout; pytest

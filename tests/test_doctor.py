@@ -1,4 +1,4 @@
-"""The backprop doctor (xpmlp/doctor.py) on a zoo of hand-written NumPy networks: correct ones
+"""The backprop doctor (xpmlp/doctor/) on a zoo of hand-written NumPy networks: correct ones
 in several layouts get a clean bill; each buggy one is named by its bug, and nothing else."""
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ installed at all.
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ import pytest
 from optional import need
 
 import xpmlp
+from xpmlp.moved import OLD_PATHS
 
 BLOCKED = ["cupy", "torch", "array_api_strict", "tqdm", "matplotlib"]
 
@@ -86,3 +88,23 @@ def test_public_names_resolve():
     for name in xpmlp.__all__:
         assert getattr(xpmlp, name) is not None, name
     assert isinstance(xpmlp.__version__, str)
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(OLD_PATHS.items()))
+def test_the_old_import_paths_are_the_moved_modules(old, new):
+    # Before the subpackages every module sat in xpmlp/: code written then keeps working.
+    assert importlib.import_module(f"xpmlp.{old}") is importlib.import_module(f"xpmlp.{new}")
+
+
+def test_old_import_paths_work_in_a_fresh_interpreter():
+    code = (
+        "from xpmlp.datasets import load_dataset\n"
+        "import xpmlp.model, xpmlp.training\n"
+        "from xpmlp import checkpoint, ops\n"
+        "from xpmlp.doctor import check_gradients\n"
+        "assert xpmlp.model.MLP is xpmlp.MLP and xpmlp.training.Trainer is xpmlp.Trainer\n"
+        "assert callable(xpmlp.gradcheck) and checkpoint.load and ops.softmax and load_dataset\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""Fused kernels (xpmlp/kernels.py): the CUDA source compiles; training with the NumPy twins is
+"""Fused kernels (xpmlp/core/kernels.py): the CUDA source compiles; training with the NumPy twins is
 the portable path's training bit for bit; on the CuPy stand-in a step takes at most 20 launches;
 a kernel that fails to compile or disagrees is replaced by the portable path, said in one line;
 on a real GPU the compiled kernels agree with the portable path."""

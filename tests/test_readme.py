@@ -127,3 +127,17 @@ def test_the_readme_links_every_page_in_docs_and_each_link_resolves():
 @pytest.mark.parametrize("page", PAGES)
 def test_links_between_the_pages_resolve(page):
     assert not _broken(ROOT / page), _broken(ROOT / page)
+
+
+def test_every_module_path_in_the_docs_exists():
+    # docs/architecture.md and the other pages name modules by path: after a move they must follow
+    root = README.parent
+    pages = [README, *sorted((root / "docs").glob("*.md")), root / "benchmarks" / "README.md"]
+    for page in pages:
+        for path in re.findall(r"`((?:xpmlp|tests|benchmarks)/[\w/]+\.py)`", page.read_text()):
+            assert (root / path).is_file(), f"{page.name} names {path}, which does not exist"
+    table = (root / "docs" / "architecture.md").read_text()
+    for folder, modules in re.findall(r"^\| `(\w+)/` \| (.+) \|$", table, flags=re.M):
+        named = set(re.findall(r"`(\w+\.py)`", modules))
+        actual = {p.name for p in (root / "xpmlp" / folder).glob("*.py")} - {"__init__.py"}
+        assert named == actual, (folder, named ^ actual)

@@ -1,4 +1,4 @@
-"""scikit-learn estimators (xpmlp/sklearn.py): every check of scikit-learn's own conformance suite
+"""scikit-learn estimators (xpmlp/sklearn/): every check of scikit-learn's own conformance suite
 passes with no expected failures, and they work where users put them (pipelines, grid search,
 pickles, string labels, class and sample weights, partial_fit, device arrays)."""
 

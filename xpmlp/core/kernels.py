@@ -9,13 +9,13 @@ a batch-sized array costs memory traffic. So the step's elementwise work is fuse
   and correct count added to the epoch's running sums on the device;
 - ``adam``: one Adam/AdamW update of the whole flat parameter buffer;
 - ``dropout_mask``: a layer's inverted-dropout mask from its key, the hash of
-  :func:`xpmlp.rng.dropout_mask` in one pass (about 23 without).
+  :func:`xpmlp.core.rng.dropout_mask` in one pass (about 23 without).
 
 The CUDA source is compiled with NVRTC through CuPy; the twin, a NumPy function with the same
 arguments, runs on the CPU (and on the CuPy stand-in that tests the GPU path). Each twin performs
 the portable path's floating-point operations in the same order, so on the CPU fused and portable
 training agree bit for bit (tested); CUDA is compiled with ``--fmad=false`` so its Adam rounds as
-NumPy's does too. The portable Array API path (:mod:`xpmlp.ops`) stays the reference and the path
+NumPy's does too. The portable Array API path (:mod:`xpmlp.core.ops`) stays the reference and the path
 for every other namespace, and the fallback: before first use on a device each kernel is checked
 against it on a tiny input, and if one fails to compile or disagrees, the whole set is switched
 off with one line on stderr. ``XPMLP_KERNELS=portable`` switches it off by hand.
@@ -120,7 +120,7 @@ extern "C" __global__ void softmax_xent(const T* logits, const long long* labels
 """
 
 _ADAM = r"""
-// Adam/AdamW as torch.optim.Adam computes it (see xpmlp.optim.Adam), in the same order.
+// Adam/AdamW as torch.optim.Adam computes it (see xpmlp.core.optim.Adam), in the same order.
 extern "C" __global__ void adam(T* p, const T* g, T* m, T* v, long long n, T b1, T one_minus_b1,
                                 T b2, T one_minus_b2, T decay, T bias2_sqrt, T eps, T step_size) {
   LOOP {
@@ -136,7 +136,7 @@ extern "C" __global__ void adam(T* p, const T* g, T* m, T* v, long long n, T b1,
 
 
 _DROPOUT_MASK = r"""
-// xpmlp.rng.dropout_mask: keep element i when hash(hash(i * golden) ^ key) >> 8 >= threshold.
+// xpmlp.core.rng.dropout_mask: keep element i when hash(hash(i * golden) ^ key) >> 8 >= threshold.
 __device__ unsigned int hash32(unsigned int x) {
   x ^= x >> 16; x *= 0x7FEB352Du; x ^= x >> 15; x *= 0x846CA68Bu; return x ^ (x >> 16);
 }
@@ -178,7 +178,7 @@ def kernel_names() -> list[str]:
 
 
 # ---------------------------------------------------------------------- NumPy twins
-# Same arguments as the CUDA functions; the same floating-point operations as xpmlp.ops.
+# Same arguments as the CUDA functions; the same floating-point operations as xpmlp.core.ops.
 
 _scratch = threading.local()
 
@@ -343,7 +343,7 @@ class Fused:
         return grad
 
     def dropout_mask(self, shape: tuple[int, int], rate: float, key: tuple[int, ...]):
-        """:func:`xpmlp.rng.dropout_mask` (same bits) in one kernel."""
+        """:func:`xpmlp.core.rng.dropout_mask` (same bits) in one kernel."""
         mask = self.xp.empty(shape, dtype=getattr(self.xp, self.dtype), device=self.backend.device)
         n = shape[0] * shape[1]
         self._launch("dropout_mask", n, mask, np.int64(n), np.uint32(rng.key_hash(key)),

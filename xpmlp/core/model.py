@@ -50,7 +50,7 @@ class MLP:
         Hidden-layer activation: relu, leaky_relu, tanh, sigmoid, gelu or identity.
     loss : str
         ``cross_entropy`` (softmax output, integer labels), ``mse`` (identity output), or one
-        of the others in :data:`xpmlp.ops.LOSSES` (float targets, one column per output).
+        of the others in :data:`xpmlp.core.ops.LOSSES` (float targets, one column per output).
     dropout : float
         Inverted-dropout rate on every hidden layer's output, in [0, 1).
     l2 : float
@@ -230,7 +230,7 @@ class MLP:
     @on_device
     def sample_masks(self, n_samples: int, key=None) -> list:
         """One inverted-dropout mask per hidden layer for a batch of ``n_samples`` rows, made on
-        the model's device (see :func:`xpmlp.rng.dropout_mask`).
+        the model's device (see :func:`xpmlp.core.rng.dropout_mask`).
 
         ``key`` is a tuple of non-negative ints (the trainer passes (seed, epoch, step)), an int,
         or a NumPy Generator to draw one from; None takes the next key of the model's own stream.
@@ -364,7 +364,7 @@ class MLP:
             Dropout masks (see :meth:`sample_masks`); drawn from the model's stream when
             dropout is set and none are given.
         sample_weight : array of shape (n_samples,), optional
-            The loss is then ``sum(w_i * l_i) / sum(w)`` (see :func:`xpmlp.ops.weighted_loss`).
+            The loss is then ``sum(w_i * l_i) / sum(w)`` (see :func:`xpmlp.core.ops.weighted_loss`).
 
         Returns
         -------

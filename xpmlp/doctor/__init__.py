@@ -8,6 +8,10 @@ backward pass on the same weights and names the bug; :func:`check_forward` does 
 Imports from: xpmlp.errors, xpmlp.backend, xpmlp.core.
 """
 
-from .checks import Finding, Report, check_batches, check_file, check_forward, check_gradients
+from .batches import check_batches
+from .forward import check_forward
+from .gradients import check_gradients
+from .report import Finding, Report
+from .userfile import check_file
 
 __all__ = ["Finding", "Report", "check_batches", "check_file", "check_forward", "check_gradients"]

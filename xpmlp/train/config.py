@@ -1,6 +1,6 @@
 """Every setting of a training run, with its default and its validation, in one place.
 
-:class:`TrainConfig` is what :class:`~xpmlp.training.Trainer`, :func:`~xpmlp.training.fit`, the
+:class:`TrainConfig` is what :class:`~xpmlp.train.trainer.Trainer`, :func:`~xpmlp.train.trainer.fit`, the
 command line (its flags and their defaults) and the checkpoint metadata share; :class:`DataConfig`
 is where the command line's data comes from and how it is prepared. The model's own settings
 (layer sizes, activation, dropout, L2 penalty, init, dtype, seed) are :meth:`MLP.config`.
@@ -103,7 +103,7 @@ class TrainConfig(_Settings):
     grad_shards : int
         Split each batch into this many contiguous slices and sum their gradients, each weighted
         by its share of the batch, in slice order: what a data-parallel run over that many
-        processes computes, bit for bit (see :mod:`xpmlp.distributed`). 1: the whole batch.
+        processes computes, bit for bit (see :mod:`xpmlp.train.distributed`). 1: the whole batch.
     """
 
     optimizer: str = "adam"
@@ -173,7 +173,7 @@ class DataConfig(_Settings):
     label_column : str
         The label column of a CSV file: a name or an integer index.
     scaling : str
-        unit, standard or none (see :class:`xpmlp.inputs.Scaler`), with training statistics.
+        unit, standard or none (see :class:`xpmlp.data.inputs.Scaler`), with training statistics.
     val_fraction : float
         Fraction of the training set held out for validation, split with the run's seed.
     download : bool

@@ -1,6 +1,6 @@
 """The data of one fit, checked once before the first step and put on the model's device.
 
-The rules and messages are the command line's (:mod:`xpmlp.inputs`): features finite (the
+The rules and messages are the command line's (:mod:`xpmlp.data.inputs`): features finite (the
 first bad value named by column and row), labels whole numbers in ``[0, n_outputs)``, as many
 labels as rows, and shapes the model can take. Device arrays are checked on their device, one
 value read back per check; nothing here runs per step.
@@ -21,7 +21,7 @@ from ..errors import DataError
 
 @dataclass(frozen=True)
 class FitData:
-    """What :meth:`xpmlp.training.Trainer.fit_checked` trains on: (X, y) pairs on the model's
+    """What :meth:`xpmlp.train.trainer.Trainer.fit_checked` trains on: (X, y) pairs on the model's
     device, in its dtype, checked; ``sample_weight`` of shape (n_samples,) or None."""
 
     train: tuple

@@ -55,7 +55,7 @@ def fit(
     validation_data, test_data : (X, y) tuples, optional
         Evaluated after every epoch.
     out : path-like, optional
-        A run directory (see :mod:`xpmlp.runs`): config, metrics, curves and checkpoints are
+        A run directory (see :mod:`xpmlp.train.runs`): config, metrics, curves and checkpoints are
         written there, as by ``xpmlp train``.
     resume : bool
         Continue the run in ``out`` from its newest checkpoint, bit for bit (a fresh run when it
@@ -72,14 +72,14 @@ def fit(
         (the default) shows them in a terminal or notebook only.
     distributed : str or communicator, optional
         ``"mpi"``, ``"auto"`` (MPI when an MPI launcher started this process) or ``"none"``, or a
-        communicator from :func:`xpmlp.distributed.communicator`: train data-parallel, each
-        process on its slice of every batch (see :mod:`xpmlp.distributed`); every process calls
+        communicator from :func:`xpmlp.train.distributed.communicator`: train data-parallel, each
+        process on its slice of every batch (see :mod:`xpmlp.train.distributed`); every process calls
         ``fit`` with the same data and settings, and only rank 0 writes ``out`` and reports.
     sample_weight : array of shape (n_samples,), optional
         Weights of the samples' losses: a batch's loss is ``sum(w_i l_i) / sum(w)``. They are not
         saved in ``out``: pass them again to resume.
     **settings
-        :class:`~xpmlp.config.TrainConfig` fields (``optimizer``, ``lr``, ``batch_size``,
+        :class:`~xpmlp.train.config.TrainConfig` fields (``optimizer``, ``lr``, ``batch_size``,
         ``epochs``, ``schedule``, ``seed``, ...), alone or overriding ``config``'s.
 
     Returns
@@ -88,14 +88,14 @@ def fit(
         One record per epoch: ``epoch``, ``train_loss``, ``train_accuracy``, ``val_loss``,
         ``val_accuracy``, ``test_loss``, ``test_accuracy``, ``lr``, ``seconds`` (training time
         of the epoch, evaluation excluded), ``samples_per_second`` and ``health`` (see
-        :func:`xpmlp.diagnostics.health`), plus ``notes`` when there are any.
+        :func:`xpmlp.train.health.health`), plus ``notes`` when there are any.
 
     Raises
     ------
     DataError
         Before the first step and before ``out`` is written, for data the command line would
         refuse too, in the same words: ``features must be finite; found nan in column 5 of row
-        3 of X (1 rows affected)`` (see :func:`xpmlp.fitdata.check_fit_data`).
+        3 of X (1 rows affected)`` (see :func:`xpmlp.train.fitdata.check_fit_data`).
     """
     comm = (
         communicator(distributed or "none") if isinstance(distributed, str | None) else distributed
@@ -175,9 +175,9 @@ def train_in_run(trainer: Trainer, run: RunDir, checked: FitData, *,
 
     A checkpoint of the starting epoch is written first, so the run can always be resumed; then
     one every ``checkpoint_every`` epochs and at the end. SIGINT and SIGTERM are deferred to the
-    next step boundary (:class:`~xpmlp.signals.DeferredStop`); on an interrupt the last completed
+    next step boundary (:class:`~xpmlp.train.signals.DeferredStop`); on an interrupt the last completed
     epoch is saved, and curves.png drawn from the epochs so far, before
-    :class:`~xpmlp.signals.Interrupted` propagates. ``data`` (where the data
+    :class:`~xpmlp.train.signals.Interrupted` propagates. ``data`` (where the data
     came from) goes into the checkpoints, ``info`` into config.json, and ``notify(text)`` hears
     what the user should know (a skipped plot).
     """

@@ -5,7 +5,7 @@ A run directory holds::
     config.json      every setting (model, training, data), library versions, device, processes
     metrics.jsonl    one JSON object per epoch
     curves.png       loss, accuracy, learning rate and layer health per epoch
-    checkpoints/     checkpoint-epoch-NNNN.npz (see xpmlp.checkpoint), the newest few
+    checkpoints/     checkpoint-epoch-NNNN.npz (see xpmlp.train.checkpoint), the newest few
     .lock            held (flock) by the one process writing the run; removed when it ends
 
 Both ``xpmlp train`` and ``xpmlp.fit(..., out=...)`` write through :class:`RunDir`. A process
@@ -158,7 +158,7 @@ class RunDir:
         return checkpoint.latest(self.checkpoints) if self.checkpoints.is_dir() else None
 
     def load_latest(self) -> dict | None:
-        """The newest checkpoint (see :func:`xpmlp.checkpoint.load`), or None when there is none."""
+        """The newest checkpoint (see :func:`xpmlp.train.checkpoint.load`), or None when there is none."""
         path = self.latest()
         return None if path is None else checkpoint.load(path)
 

@@ -41,7 +41,7 @@ class Trainer:
     ----------
     model : MLP
     config : TrainConfig, optional
-        Every training setting; see :class:`xpmlp.config.TrainConfig`.
+        Every training setting; see :class:`xpmlp.train.config.TrainConfig`.
     **settings
         TrainConfig fields given as keywords, alone or to override ``config``'s.
     """
@@ -162,7 +162,7 @@ class Trainer:
 
         ``sums`` holds, per gradient shard, a device array of the loss summed over samples and
         the correct count (zeros when None). With ``grad_shards`` > 1 the batch is cut into
-        contiguous slices (:func:`~xpmlp.distributed.shard_bounds`); in a distributed run this
+        contiguous slices (:func:`~xpmlp.train.distributed.shard_bounds`); in a distributed run this
         process computes its own slice and the gradients are reduced across processes.
         """
         sums = self._zero_sums() if sums is None else sums
@@ -264,7 +264,7 @@ class Trainer:
         ``trainer.stop_requested`` to end the run after that epoch. An interrupt (Ctrl-C) at any
         moment of an epoch, evaluation included, leaves the trainer at the last completed epoch.
         ``sample_weight`` (n_samples,) weights each sample's loss: a batch's loss is
-        ``sum(w_i * l_i) / sum(w)`` over its samples (see :func:`xpmlp.ops.weighted_loss`).
+        ``sum(w_i * l_i) / sum(w)`` over its samples (see :func:`xpmlp.core.ops.weighted_loss`).
         The data are checked first (:meth:`check_data`): a bad input raises DataError before
         the first step.
         """
@@ -278,7 +278,7 @@ class Trainer:
     ) -> FitData:
         """Every check :meth:`fit` makes of its data, made once before anything is trained (or,
         by :func:`xpmlp.fit`, written): the data on the device, as :meth:`fit_checked` takes it.
-        See :func:`xpmlp.fitdata.check_fit_data` for the rules; a bad input raises DataError."""
+        See :func:`xpmlp.train.fitdata.check_fit_data` for the rules; a bad input raises DataError."""
         if sample_weight is not None and (self.config.grad_shards > 1 or self.comm.size > 1):
             raise ConfigError("sample weights are not supported with gradient shards or MPI yet")
         return check_fit_data(self.model, X, y, validation_data=validation_data,

@@ -1,4 +1,4 @@
-"""The backprop doctor: check a user's own hand-written network against xpmlp and name the bug.
+"""The user's gradients against xpmlp's float64 backward pass, and the bug named.
 
 :func:`check_gradients` hands the user's ``grads(weights, biases, X, Y)`` float64 weights and
 data, compares what it returns with xpmlp's own float64 backward pass on the same weights, finds
@@ -10,19 +10,16 @@ implementation is never blamed; what matches nothing is ``not_recognised``, with
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..core import ops
 from ..core.model import MLP
 from ..errors import ConfigError
+from .report import Finding, Report, close, relative_error
 
-RTOL, ATOL = 1e-6, 1e-9
 # Bugs that change the whole backward pass: each is matched alone and in pairs.
 WHOLE_PASS_BUGS = {
     "sign_flipped": "your gradients have the opposite sign (you return the ascent direction): "
@@ -41,43 +38,6 @@ DERIVATIVE_ADVICE = {
     "sigmoid": "sigmoid's derivative is s * (1 - s) with s = sigmoid(z): take it of the output, "
     "not of the pre-activation z",
 }
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One diagnosis: ``code`` (e.g. ``sign_flipped``), where (``parameter``, 1-based ``layer``
-    in your numbering, or None for the whole network) and a ``message`` saying how to fix it."""
-
-    code: str
-    message: str
-    parameter: str | None = None
-    layer: int | None = None
-
-
-@dataclass
-class Report:
-    """What the doctor found: ``ok`` when nothing; ``findings`` otherwise."""
-
-    findings: list[Finding] = field(default_factory=list)
-    subject: str = "gradients"  # what was checked: gradients, forward pass, batches
-
-    @property
-    def ok(self) -> bool:
-        return not self.findings
-
-    @property
-    def codes(self) -> set[str]:
-        return {finding.code for finding in self.findings}
-
-    def __str__(self) -> str:
-        if self.ok:
-            verb = "matches" if self.subject == "forward pass" else "match"
-            return f"your {self.subject} {verb} xpmlp's float64 reference: no bug found"
-        lines = [f"{len(self.findings)} problem(s) in your {self.subject}:"]
-        for finding in self.findings:
-            where = f" [{finding.parameter}]" if finding.parameter else ""
-            lines.append(f"- {finding.code}{where}: {finding.message}")
-        return "\n".join(lines)
 
 
 def check_gradients(
@@ -191,10 +151,6 @@ def _wrong_derivative(activation: str, z):
     return np.full_like(z, np.nan)
 
 
-def _close(a, b) -> bool:
-    return a is not None and a.shape == b.shape and np.allclose(a, b, rtol=RTOL, atol=ATOL)
-
-
 def _diagnose(model: MLP, got: dict, X, y) -> Report:
     trace = {}
     reference = _backprop(model, X, y, trace=trace)
@@ -205,14 +161,14 @@ def _diagnose(model: MLP, got: dict, X, y) -> Report:
     if bad:
         return Report([Finding("non_finite", "your gradient has NaN or inf entries; look for "
                                "exp overflow or a division by zero", bad[-1], _layer(bad[-1]))])  # fmt: skip
-    if all(_close(got[name], reference[name]) for name in reference):
+    if all(close(got[name], reference[name]) for name in reference):
         return Report()
     names = set(WHOLE_PASS_BUGS) if model.activation.name in DERIVATIVE_ADVICE else set(
         WHOLE_PASS_BUGS) - {"activation_derivative_wrong"}  # fmt: skip
     for size in (1, 2):
         for bugs in itertools.combinations(sorted(names), size):
             variant = _backprop(model, X, y, frozenset(bugs))
-            if all(_close(got[name], variant[name]) for name in variant):
+            if all(close(got[name], variant[name]) for name in variant):
                 return Report([_whole_pass_finding(bug, model) for bug in bugs])
     return Report(_per_parameter_findings(got, reference, X.shape[0], trace))
 
@@ -225,7 +181,7 @@ def _shape_findings(got: dict, reference: dict) -> list[Finding]:
             findings.append(Finding("shape_mismatch", f"no gradient returned for {_user(name)}",
                                     name, _layer(name)))  # fmt: skip
         elif value.shape != want.shape:
-            if value.T.shape == want.shape and _close(value.T, want):
+            if value.T.shape == want.shape and close(value.T, want):
                 findings.append(Finding("transposed", f"your gradient for {_user(name)} is "
                                         f"transposed: it should have shape {want.shape} like the "
                                         "weight (X.T @ delta, not delta.T @ X)", name, _layer(name)))  # fmt: skip
@@ -240,11 +196,11 @@ def _per_parameter_findings(got: dict, reference: dict, n: int, trace: dict) -> 
     """The first disagreeing parameter in backward order, and what its pattern says."""
     for name in reversed(list(reference)):
         value, want = got[name], reference[name]
-        if _close(value, want):
+        if close(value, want):
             continue
         user, layer = _user(name), _layer(name)
         delta = trace["deltas"][layer - 1]
-        if name.endswith(".bias") and any(_close(value, row) for row in delta):
+        if name.endswith(".bias") and any(close(value, row) for row in delta):
             return [Finding("bias_gradient_wrong", f"your bias gradient for layer {layer} is one "
                             "sample's delta: in a per-sample loop, add each sample's delta "
                             "(+=), do not assign it (=)", name, layer)]  # fmt: skip
@@ -259,7 +215,7 @@ def _per_parameter_findings(got: dict, reference: dict, n: int, trace: dict) -> 
                             "the units", name, layer)]  # fmt: skip
         for factor, code, advice in ((n, "missing_batch_mean", "divide it by the batch size"),
                                      (-1.0, "sign_flipped", "flip its sign")):  # fmt: skip
-            if _close(value, factor * want):
+            if close(value, factor * want):
                 return [Finding(code, f"your gradient for {user} is {factor:g} times the right "
                                 f"one: {advice}", name, layer)]  # fmt: skip
         if name.endswith(".bias"):
@@ -267,7 +223,7 @@ def _per_parameter_findings(got: dict, reference: dict, n: int, trace: dict) -> 
                             "the sum of delta over the samples (axis 0)", name, layer)]  # fmt: skip
         return [Finding("not_recognised", f"your gradient for {user} is the first (going "
                         "backward from the output) that differs from xpmlp's, by "
-                        f"{_relative_error(value, want):.3g} relative; the layers after it are "
+                        f"{relative_error(value, want):.3g} relative; the layers after it are "
                         "right", name, layer)]  # fmt: skip
     return []
 
@@ -283,7 +239,7 @@ def _wrong_input(value, delta, trace: dict, index: int) -> str | None:
         if record.activation is not None:
             candidates.append((record.pre_activation, f"layer {j + 1}'s pre-activation z"))
     for array, label in candidates:
-        if array.shape[1] == value.shape[0] and _close(value, array.T @ delta):
+        if array.shape[1] == value.shape[0] and close(value, array.T @ delta):
             return label
     return None
 
@@ -295,11 +251,6 @@ def _whole_pass_finding(bug: str, model: MLP) -> Finding:
     return Finding(bug, message)
 
 
-def _relative_error(a, b) -> float:
-    scale = max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-300)
-    return float(np.max(np.abs(a - b)) / scale)
-
-
 def _layer(name: str) -> int:
     return int(name.split(".")[1]) + 1
 
@@ -307,168 +258,3 @@ def _layer(name: str) -> int:
 def _user(name: str) -> str:
     kind = "weights" if name.endswith(".weight") else "biases"
     return f"layer {_layer(name)}'s {kind}"
-
-
-# ---------------------------------------------------------------------- the forward pass
-
-FLOORED_RELU = 1e-3  # max(0.001, z): a "ReLU" that never outputs 0
-
-
-def check_forward(
-    forward: Callable,
-    layer_sizes: Sequence[int],
-    *,
-    activation: str = "relu",
-    returns: str = "probabilities",
-    n_samples: int = 8,
-    seed: int = 0,
-) -> Report:
-    """Check ``forward(weights, biases, X) -> probabilities`` (or ``returns="logits"``).
-
-    It runs on ordinary inputs, then with the output layer scaled so the logits reach the
-    thousands (where ``exp`` overflows unless the row maximum is subtracted first, and where an
-    ``np.clip`` patch changes the result), and names ``softmax_unstable`` or
-    ``activation_forward_wrong`` (recognised: ReLU with a floor ``max(0.001, z)``, leaky ReLU,
-    and tanh/sigmoid exchanged).
-    """
-    model = MLP(layer_sizes, activation=activation, dtype="float64", seed=seed)
-    X = np.random.default_rng(seed).normal(size=(n_samples, model.layer_sizes[0]))
-    for scale in (1.0, 1e3):
-        weights = [np.array(model.params[f"layers.{i}.weight"]) for i in range(model.n_layers)]
-        biases = [np.array(model.params[f"layers.{i}.bias"]) for i in range(model.n_layers)]
-        weights[-1] = weights[-1] * scale
-        try:
-            with np.errstate(all="ignore"):
-                got = np.asarray(forward(weights, biases, X.copy()), dtype=np.float64)
-        except Exception as exc:
-            return Report([Finding("crashed", f"forward raised {type(exc).__name__}: {exc}")],
-                          "forward pass")  # fmt: skip
-        finding = _forward_finding(got, weights, biases, X, model.activation.name, returns, scale)
-        if finding is not None:
-            return Report([finding], "forward pass")
-    return Report(subject="forward pass")
-
-
-def _reference_forward(weights, biases, X, activation: str, returns: str):
-    act = ops.get_activation(activation) if activation != "floored_relu" else None
-    a = X
-    for W, b in zip(weights[:-1], biases[:-1]):
-        z = a @ W + b
-        a = np.maximum(z, FLOORED_RELU) if act is None else act.forward(np, z)
-    logits = a @ weights[-1] + biases[-1]
-    return logits if returns == "logits" else ops.softmax(np, logits)
-
-
-def _forward_finding(got, weights, biases, X, activation: str, returns: str, scale: float):
-    want = _reference_forward(weights, biases, X, activation, returns)
-    if got.shape != want.shape:
-        return Finding("shape_mismatch", f"your forward returns shape {got.shape}; expected "
-                       f"{want.shape} (samples, classes)")  # fmt: skip
-    if _close(got, want):
-        return None
-    if scale > 1 and (not np.all(np.isfinite(got)) or returns == "probabilities"):
-        how = "overflows to inf/NaN" if not np.all(np.isfinite(got)) else "gives wrong values"
-        return Finding("softmax_unstable", f"with logits in the thousands your softmax {how}: "
-                       "subtract each row's maximum before exp (softmax is unchanged by it), "
-                       "instead of clipping")  # fmt: skip
-    if not np.all(np.isfinite(got)):
-        return Finding("non_finite", "your forward pass returns NaN or inf on ordinary inputs")
-    for other in ("floored_relu", "leaky_relu", "tanh", "sigmoid", "relu"):
-        if other != activation and _close(got, _reference_forward(weights, biases, X, other,
-                                                                  returns)):  # fmt: skip
-            said = "max(0.001, z)" if other == "floored_relu" else other
-            return Finding("activation_forward_wrong", f"your hidden layers compute {said} where "
-                           f"{activation} was said: {_activation_advice(activation)}")  # fmt: skip
-    return Finding("not_recognised", "your forward pass differs from xpmlp's by "
-                   f"{_relative_error(got, want):.3g} relative on ordinary inputs")  # fmt: skip
-
-
-def _activation_advice(activation: str) -> str:
-    return {
-        "relu": "ReLU is max(0, z), exactly 0 for negative z",
-        "tanh": "use np.tanh(z)",
-        "sigmoid": "sigmoid is 1 / (1 + exp(-z))",
-    }.get(activation, f"use xpmlp's {activation}")
-
-
-# ---------------------------------------------------------------------- the batches
-
-
-def check_batches(batches, X, y) -> Report:
-    """Check that every row of every ``(X_batch, y_batch)`` is a row of ``X`` carrying its own
-    label (integers, or one-hot rows): the bug of X and y shuffled with different permutations,
-    or only one of them shuffled."""
-    X, y = np.asarray(X), np.asarray(y)
-    labels = y.argmax(axis=1) if y.ndim == 2 else y
-    where = {}
-    for index, row in enumerate(X):
-        where.setdefault(row.tobytes(), set()).add(labels[index].item())
-    seen = wrong = foreign = 0
-    for Xb, yb in batches:
-        Xb, yb = np.asarray(Xb, dtype=X.dtype), np.asarray(yb)
-        yb = yb.argmax(axis=1) if yb.ndim == 2 else yb
-        for row, label in zip(Xb, yb):
-            seen += 1
-            found = where.get(row.tobytes())
-            foreign += found is None
-            wrong += found is not None and label.item() not in found
-    findings = []
-    if foreign:
-        findings.append(Finding("not_recognised", f"{foreign} of {seen} batch rows are not rows "
-                                "of X (scaled or copied after X was given?)"))  # fmt: skip
-    if wrong:
-        findings.append(Finding("labels_misaligned", f"{wrong} of {seen} batch rows carry "
-                                "another row's label: shuffle X and y with the same permutation "
-                                "(order = rng.permutation(n); X[order], y[order])"))  # fmt: skip
-    return Report(findings, "batches")
-
-
-# ---------------------------------------------------------------------- a user's file
-
-
-def check_file(path, *, grads: str | None = None, forward: str | None = None,
-               layer_sizes: Sequence[int] | None = None, activation: str | None = None,
-               labels: str | None = None, returns: str = "gradient") -> dict[str, Report]:  # fmt: skip
-    """Import a user's Python file and check its ``grads`` and ``forward`` functions (or the
-    ones named); layer sizes, activation and label format come from the arguments or the
-    file's ``LAYER_SIZES``, ``ACTIVATION`` and ``LABELS``. Returns name -> report."""
-    module = _import_user_file(path)
-    layer_sizes = layer_sizes or getattr(module, "LAYER_SIZES", None)
-    if not layer_sizes:
-        raise ConfigError(f"{path} has no LAYER_SIZES; pass --layer-sizes, e.g. 784,300,10")
-    activation = activation or getattr(module, "ACTIVATION", "relu")
-    labels = labels or getattr(module, "LABELS", "onehot")
-    found = {}
-    for kind, name in (("grads", grads), ("forward", forward)):
-        function = getattr(module, name or kind, None)
-        if name and not callable(function):
-            raise ConfigError(f"{path} has no function {name}")
-        if callable(function):
-            found[kind] = (name or kind, function)
-    if not found:
-        raise ConfigError(f"{path} defines neither grads nor forward; name yours with --grads "
-                          "NAME or --forward NAME")  # fmt: skip
-    reports = {}
-    if "grads" in found:
-        name, function = found["grads"]
-        reports[name] = check_gradients(function, layer_sizes, activation=activation,
-                                        labels=labels, returns=returns)  # fmt: skip
-    if "forward" in found:
-        name, function = found["forward"]
-        reports[name] = check_forward(function, layer_sizes, activation=activation)
-    return reports
-
-
-def _import_user_file(path):
-    spec = importlib.util.spec_from_file_location("xpmlp_doctor_patient", path)
-    if spec is None or not str(path).endswith(".py"):
-        raise ConfigError(f"{path} is not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except FileNotFoundError:
-        raise ConfigError(f"no such file: {path}") from None
-    except Exception as exc:  # their code: one line about it
-        raise ConfigError(f"importing {path} raised {type(exc).__name__}: {exc}") from None
-    sys.modules.pop("xpmlp_doctor_patient", None)
-    return module
