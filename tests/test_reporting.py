@@ -8,6 +8,7 @@ import json
 import logging
 
 import pytest
+from optional import need
 
 from xpmlp.train import reporting
 
@@ -23,7 +24,7 @@ class _Terminal(io.StringIO):
 
 
 def test_a_terminal_gets_a_progress_bar_and_a_log_gets_one_line_per_epoch():
-    pytest.importorskip("tqdm")
+    need("tqdm")
     terminal, log = _Terminal(), io.StringIO()
     for stream in (terminal, log):
         progress = reporting.Progress(5, stream=stream)
@@ -52,7 +53,7 @@ def test_metrics_files_round_trip(tmp_path):
 
 
 def test_curves_png_is_written(tmp_path):
-    pytest.importorskip("matplotlib")
+    need("matplotlib")
     assert reporting.plot_curves([{**RECORD, "epoch": 1}, RECORD], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -82,7 +83,9 @@ def _history(epochs=6):
 
 
 def test_the_learning_rate_is_on_a_linear_axis_and_the_health_legend_is_in_words():
-    plt = pytest.importorskip("matplotlib.pyplot")
+    need("matplotlib")
+    import matplotlib.pyplot as plt
+
     fig = reporting.curves_figure(_history(), best_epoch=4)
     try:
         loss, accuracy, lr, health = fig.axes
@@ -102,7 +105,7 @@ def test_the_learning_rate_is_on_a_linear_axis_and_the_health_legend_is_in_words
 @pytest.mark.parametrize("history", [[], _history(1), [{**RECORD, "lr": 0.0}]],
                          ids=["no epoch", "one epoch", "no health"])  # fmt: skip
 def test_few_epochs_plot_without_warnings(tmp_path, history):
-    pytest.importorskip("matplotlib")
+    need("matplotlib")
     assert reporting.plot_curves(history, tmp_path / "curves.png")  # warnings are errors here
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -110,7 +113,9 @@ def test_few_epochs_plot_without_warnings(tmp_path, history):
 def test_matplotlibs_log_warnings_stay_off_stderr(tmp_path, monkeypatch, caplog):
     # As on a fresh machine: "Matplotlib is building the font cache", or a config directory it
     # cannot write; matplotlib logs these as warnings, which Python prints on stderr.
-    figure = pytest.importorskip("matplotlib.figure")
+    need("matplotlib")
+    import matplotlib.figure as figure
+
     savefig = figure.Figure.savefig
 
     def noisy_savefig(self, *args, **kwargs):
