@@ -22,9 +22,10 @@ from .train import cmd_train
 
 def cmd_doctor(args) -> int:
     """Exit 0 when every checked function is right, 1 with the reports when not."""
-    reports = check_file(args.file, grads=args.grads, forward=args.forward,
-                         layer_sizes=args.layer_sizes, activation=args.activation,
-                         labels=args.labels, returns=args.returns)  # fmt: skip
+    settings = {key: getattr(args, key) for key in ("activation", "labels", "output", "bias",
+                                                    "layout", "bias_layout", "returns", "lr")}  # fmt: skip
+    reports = check_file(args.file, grads=args.grads, forward=args.forward, loss=args.loss,
+                         layer_sizes=args.layer_sizes, **settings)  # fmt: skip
     for name, report in reports.items():
         print(f"{name}: {report}")
     return 0 if all(report.ok for report in reports.values()) else 1

@@ -176,7 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_cmd.add_argument("--layer-sizes", type=layer_sizes, help="e.g. 784,300,10 (default: the file's LAYER_SIZES)")
     doctor_cmd.add_argument("--activation", choices=tuple(ACTIVATIONS), help="hidden activation (default: the file's ACTIVATION, or relu)")
     doctor_cmd.add_argument("--labels", choices=("onehot", "int"), help="what your Y is (default: the file's LABELS, or onehot)")
-    doctor_cmd.add_argument("--returns", choices=("gradient", "update"), default="gradient", help="your grads returns the gradient, or the update direction")
+    doctor_cmd.add_argument("--loss", help="name of your loss(weights, biases, X, Y) function: gradients checked against its central differences (default: loss, if the file has one)")
+    doctor_cmd.add_argument("--output", choices=("softmax", "sigmoid", "identity"), help="output layer and loss: softmax + cross-entropy, sigmoid + binary cross-entropy, identity + squared error (default: the file's OUTPUT, or softmax)")
+    doctor_cmd.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="your layers have no biases: biases is None (default: the file's BIAS, or True)")
+    doctor_cmd.add_argument("--layout", choices=("rows", "columns"), help="rows: X (samples, features), W (fan_in, fan_out); columns: X (features, samples), W (fan_out, fan_in) (default: the file's LAYOUT, or rows)")
+    doctor_cmd.add_argument("--bias-layout", choices=("separate", "folded_first", "folded_last"), help="biases in their own list, or folded into W as its first/last row (column) (default: the file's BIAS_LAYOUT, or separate)")
+    doctor_cmd.add_argument("--returns", choices=("gradient", "update", "updated"), help="your grads returns the gradient, the step it adds (-lr * gradient), or the weights after it (default: the file's RETURNS, or gradient)")
+    doctor_cmd.add_argument("--lr", type=float, help="the learning rate of --returns update/updated (default: the file's LR, or 1)")
     # fmt: on
 
     device_cmd = commands.add_parser(

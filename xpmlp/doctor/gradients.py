@@ -1,43 +1,54 @@
-"""The user's gradients against xpmlp's float64 backward pass, and the bug named.
+"""The user's gradients, localised by the error signal: which layer's delta is wrong, and why.
 
 :func:`check_gradients` hands the user's ``grads(weights, biases, X, Y)`` float64 weights and
-data, compares what it returns with xpmlp's own float64 backward pass on the same weights, finds
-the first parameter (in backward order) that disagrees, and names the bug by matching the user's
-gradients against the reference with each known bug applied, alone and in pairs, then against
-per-parameter patterns (transposed, a constant bias vector, a factor n or -1). A correct
-implementation is never blamed; what matches nothing is ``not_recognised``, with where it starts.
+data. Going down from the output, each layer's delta (its error signal, dL/dz) is read back from
+what the user returned (``dW = a_prevᵀ · delta``, ``db = sum(delta)``: the probe has fewer samples
+than any layer has inputs, so the delta is determined, or shown inconsistent) and compared with
+what it should be *given the user's own delta of the layer above*: the output delta with the
+loss's, a hidden one with ``(delta_above · Wᵀ) * f'(z)``. A wrong delta is named by what the user
+multiplied by instead (no derivative, twice, of the wrong array, the softmax Jacobian...); then
+whether dW and db are built right from the user's own delta. Every layer is judged against the
+user's own upstream delta, so a bug is reported once, where it is, and never blamed downstream:
+fixing the findings in any order makes no new one appear.
+
+With the user's ``loss(weights, biases, X, Y)`` the gradients are first checked against central
+differences of that loss (any architecture), and its value says which convention it follows
+(mean or summed, half or full squared error).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import ops
-from ..core.model import MLP
-from ..errors import ConfigError
+from .layouts import Layout, call_user
+from .reference import HIDDEN_VARIANTS, OUTPUTS, Probe, derivative_variants, make_probe, with_hidden
 from .report import Finding, Report, close, relative_error
+from .userloss import convention_of, loss_check
 
-# Bugs that change the whole backward pass: each is matched alone and in pairs.
-WHOLE_PASS_BUGS = {
-    "sign_flipped": "your gradients have the opposite sign (you return the ascent direction): "
-    "return dL/dparameter, and let the update subtract it",
-    "missing_batch_mean": "your gradients are n times too large: the loss is the mean over the "
-    "batch, so divide the output delta (p - y) by the number of samples",
-    "softmax_jacobian_twice": "the softmax Jacobian is multiplied in twice: for softmax followed "
-    "by cross-entropy the output delta is already p - y; drop the extra p * (1 - p) factor",
-    "activation_derivative_wrong": "the activation's derivative is wrong",
-}
-DERIVATIVE_ADVICE = {
-    "relu": "ReLU's derivative is 1 where the pre-activation is > 0, else 0 (not softplus "
-    "log(1 + e^z), and not the activation itself)",
-    "tanh": "tanh's derivative is 1 - tanh(z)**2: take it of the layer's output a = tanh(z), "
-    "not of the pre-activation z",
-    "sigmoid": "sigmoid's derivative is s * (1 - s) with s = sigmoid(z): take it of the output, "
-    "not of the pre-activation z",
-}
+SIGN = ("sign_flipped", "your gradients have the opposite sign (you return the ascent "
+        "direction): return dL/dparameter, and let the update subtract it")  # fmt: skip
+BATCH_MEAN = ("missing_batch_mean", "your gradients are n times too large: the loss is the mean "
+              "over the batch, so divide the output delta (p - y) by the number of samples")  # fmt: skip
+JACOBIAN_TWICE = ("softmax_jacobian_twice", "the softmax Jacobian is multiplied in twice: for "
+                  "softmax followed by cross-entropy the output delta is already p - y; drop the "
+                  "extra p * (1 - p) factor")  # fmt: skip
+JACOBIAN_DIAGONAL = ("softmax_jacobian_diagonal", "only the diagonal p * (1 - p) of the softmax "
+                     "Jacobian is used on dL/dp = -y / p: the full Jacobian diag(p) - p pᵀ gives "
+                     "p - y, the output delta of softmax with cross-entropy; use p - y")  # fmt: skip
+SIGMOID_TWICE = ("sigmoid_derivative_twice", "the sigmoid's derivative is multiplied in twice: "
+                 "for sigmoid with binary cross-entropy the output delta is already s - y; drop "
+                 "the extra s * (1 - s) factor")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A delta the user may have computed: ``codes`` empty for the right one."""
+
+    delta: np.ndarray
+    findings: tuple[tuple[str, str], ...] = ()  # (code, message)
 
 
 def check_gradients(
@@ -45,10 +56,15 @@ def check_gradients(
     layer_sizes: Sequence[int],
     *,
     activation: str = "relu",
-    loss: str = "cross_entropy",
+    loss: str | Callable = "cross_entropy",
+    output: str | None = None,
+    bias: bool = True,
     labels: str = "onehot",
+    layout: str = "rows",
+    bias_layout: str = "separate",
     returns: str = "gradient",
-    n_samples: int = 8,
+    lr: float = 1.0,
+    n_samples: int | None = None,
     seed: int = 0,
 ) -> Report:
     """Check ``grads(weights, biases, X, Y) -> (dweights, dbiases)`` against xpmlp.
@@ -57,198 +73,390 @@ def check_gradients(
     ----------
     grads : callable
         Your backward pass. It receives lists of float64 arrays, ``weights[i]`` of shape
-        (fan_in, fan_out) and ``biases[i]`` of shape (fan_out,), X of shape (n, n_in) and Y:
-        one-hot rows (n, n_classes) or integer labels (n,), per ``labels``. It returns the
-        gradients of the mean loss in the same layout (a bias gradient of shape (1, fan_out)
-        is accepted).
+        (fan_in, fan_out) and ``biases[i]`` of shape (fan_out,) (``None`` with ``bias=False``),
+        X of shape (n, n_in) and Y: one-hot rows (n, n_classes) or integer labels (n,), per
+        ``labels`` (``layout="columns"``: everything transposed, as column-major code has it).
+        It returns the gradients of the loss in the same layout (a bias gradient of shape
+        (1, fan_out) or (fan_out, 1) is accepted).
     layer_sizes : sequence of int
-        ``(n_in, hidden..., n_classes)``.
+        ``(n_in, hidden..., n_outputs)``.
     activation : str
         The hidden layers' activation: relu, tanh or sigmoid (or any of xpmlp's).
-    labels : str
-        ``onehot`` or ``int``: what your function expects as Y.
-    returns : str
-        ``gradient``, or ``update`` when your function returns the step you add to the weights
-        (``-gradient``, before the learning rate).
+    loss : str or callable
+        ``cross_entropy``, ``binary_cross_entropy`` or ``mse`` (the output it implies), or your
+        own ``loss(weights, biases, X, Y) -> float``: your gradients are then checked against
+        central differences of it, and its value tells mean from summed, half from full.
+    output : str
+        ``softmax``, ``sigmoid`` or ``identity`` (default: from ``loss``).
+    bias, bias_layout : bool, str
+        Whether the layers have biases; ``separate`` lists, or ``folded_first``/``folded_last``:
+        each bias a row of its W (a column in ``layout="columns"``), for inputs with a ones
+        column.
+    returns, lr : str, float
+        ``gradient``; ``update``, the step you add to the weights (``-lr * gradient``); or
+        ``updated``, the weights after the step.
     """
-    if loss != "cross_entropy":
-        raise ConfigError(f"the doctor checks softmax cross-entropy networks; got loss {loss!r}")
-    model = MLP(layer_sizes, activation=activation, loss=loss, dtype="float64", seed=seed)
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n_samples, model.layer_sizes[0]))
-    y = np.arange(n_samples) % model.n_outputs
-    rng.shuffle(y)
-    for i in range(model.n_layers):  # non-zero biases, so a bias bug shows
-        model.params[f"layers.{i}.bias"][...] = rng.normal(scale=0.1, size=model.layer_sizes[i + 1])
-    weights = [np.array(model.params[f"layers.{i}.weight"]) for i in range(model.n_layers)]
-    biases = [np.array(model.params[f"layers.{i}.bias"]) for i in range(model.n_layers)]
-    Y = np.eye(model.n_outputs)[y] if labels == "onehot" else y.copy()
-    try:
-        dweights, dbiases = grads(
-            [w.copy() for w in weights], [b.copy() for b in biases], X.copy(), Y
-        )
-    except Exception as exc:  # their code: say what it raised
-        return Report([Finding("crashed", f"grads raised {type(exc).__name__}: {exc}")])
-    got = _as_named(model, dweights, dbiases)
-    if returns == "update":
-        got = {name: -value if value is not None else None for name, value in got.items()}
-    return _diagnose(model, got, X, y)
-
-
-def _as_named(model: MLP, dweights, dbiases) -> dict:
-    named = {}
-    for i in range(model.n_layers):
-        w = dweights[i] if i < len(dweights) else None
-        b = dbiases[i] if i < len(dbiases) else None
-        named[f"layers.{i}.weight"] = None if w is None else np.asarray(w, dtype=np.float64)
-        if b is not None:
-            b = np.asarray(b, dtype=np.float64)
-            b = b.reshape(-1) if b.ndim == 2 and b.shape[0] == 1 else b
-        named[f"layers.{i}.bias"] = b
-    return named
-
-
-def _backprop(model: MLP, X, y, bugs: frozenset = frozenset(), *, trace: dict | None = None):
-    """xpmlp's backward pass (through its public forward record), with ``bugs`` applied;
-    ``trace`` receives the forward records and each layer's delta."""
-    outputs, records = model.forward_record(X)
-    trace = {} if trace is None else trace
-    trace["records"], trace["deltas"] = records, {}
-    n = X.shape[0]
-    p = ops.softmax(np, outputs)
-    delta = p - np.eye(model.n_outputs)[y]
-    if "missing_batch_mean" not in bugs:
-        delta = delta / n
-    if "softmax_jacobian_twice" in bugs:
-        delta = delta * p * (1 - p)
-    grads = {}
-    for i in reversed(range(model.n_layers)):
-        trace["deltas"][i] = delta
-        grads[f"layers.{i}.weight"] = records[i].inputs.T @ delta
-        grads[f"layers.{i}.bias"] = delta.sum(axis=0)
-        if i == 0:
-            break
-        grad_a = delta @ model.params[f"layers.{i}.weight"].T
-        below = records[i - 1]
-        if "activation_derivative_wrong" in bugs:
-            delta = grad_a * _wrong_derivative(model.activation.name, below.pre_activation)
-        else:
-            delta = model.activation.backward(np, below.pre_activation, below.activation, grad_a)
-    if "sign_flipped" in bugs:
-        grads = {name: -value for name, value in grads.items()}
-    return {name: grads[name] for name in model.param_names}
-
-
-def _wrong_derivative(activation: str, z):
-    """The derivative users most often write instead: softplus for ReLU, the formula applied to
-    the pre-activation for tanh and sigmoid."""
-    if activation == "relu":
-        return np.log1p(np.exp(z))
-    if activation == "tanh":
-        return 1 - z * z
-    if activation == "sigmoid":
-        return z * (1 - z)
-    return np.full_like(z, np.nan)
-
-
-def _diagnose(model: MLP, got: dict, X, y) -> Report:
-    trace = {}
-    reference = _backprop(model, X, y, trace=trace)
-    findings = _shape_findings(got, reference)
-    if findings:
+    output = output or _output_of(loss)
+    probe = make_probe(layer_sizes, activation=activation, output=output, bias=bias,
+                       seed=seed, n_samples=n_samples)  # fmt: skip
+    shape = Layout(layout=layout, bias_layout=bias_layout if bias else "none", labels=labels,
+                   returns=returns, lr=lr)  # fmt: skip
+    got, failure = call_user(grads, probe, shape)
+    if failure is not None:
+        return Report([failure])
+    findings = _shape_findings(got, probe)
+    if any(f.code in ("shape_mismatch", "non_finite") for f in findings):
         return Report(findings)
-    bad = [name for name, value in got.items() if not np.all(np.isfinite(value))]
-    if bad:
-        return Report([Finding("non_finite", "your gradient has NaN or inf entries; look for "
-                               "exp overflow or a division by zero", bad[-1], _layer(bad[-1]))])  # fmt: skip
-    if all(close(got[name], reference[name]) for name in reference):
-        return Report()
-    names = set(WHOLE_PASS_BUGS) if model.activation.name in DERIVATIVE_ADVICE else set(
-        WHOLE_PASS_BUGS) - {"activation_derivative_wrong"}  # fmt: skip
-    for size in (1, 2):
-        for bugs in itertools.combinations(sorted(names), size):
-            variant = _backprop(model, X, y, frozenset(bugs))
-            if all(close(got[name], variant[name]) for name in variant):
-                return Report([_whole_pass_finding(bug, model) for bug in bugs])
-    return Report(_per_parameter_findings(got, reference, X.shape[0], trace))
+    report = Report(findings)
+    scales = _accepted_scales(probe)
+    if callable(loss):
+        report.loss_check, disagree = loss_check(loss, probe, shape, got)
+        scales, note = convention_of(loss, probe, shape)
+        report.notes += [note] if note else []
+        if scales is None:  # not a network xpmlp knows: the differences are the whole verdict
+            report.findings += disagree
+            return report
+    probe, variant = _users_forward(probe, got, scales)
+    report.findings += variant
+    report.findings += _localise(probe, got, scales, [] if callable(loss) else report.notes)
+    report.findings = _merged(report.findings, probe.n_layers)
+    return report
 
 
-def _shape_findings(got: dict, reference: dict) -> list[Finding]:
+def _output_of(loss) -> str:
+    if callable(loss):
+        return "softmax"
+    for output, name in OUTPUTS.items():
+        if loss == name:
+            return output
+    raise ValueError(f"loss must be one of {', '.join(OUTPUTS.values())} or a function")
+
+
+# ---------------------------------------------------------------------- shapes
+
+
+def _shape_findings(got: dict, probe: Probe) -> list[Finding]:
+    """Missing or misshapen gradients (a transposed one is turned back, and named)."""
     findings = []
-    for name, want in reference.items():
-        value = got[name]
-        if value is None:
-            findings.append(Finding("shape_mismatch", f"no gradient returned for {_user(name)}",
-                                    name, _layer(name)))  # fmt: skip
-        elif value.shape != want.shape:
-            if value.T.shape == want.shape and close(value.T, want):
+    for i in range(probe.n_layers):
+        for kind, want in (("weight", probe.weights[i]), ("bias", probe.biases[i])):
+            name = f"layers.{i}.{kind}"
+            if kind == "bias" and not probe.bias:
+                continue
+            value = got.get(name)
+            if value is not None and kind == "bias" and value.size == 1 and want.size > 1:
+                value = got[name] = np.full(want.shape, value.item())  # summed to one number
+            if value is None:
+                findings.append(Finding("shape_mismatch", f"no gradient returned for "
+                                        f"{_user(name)}", name, i + 1))  # fmt: skip
+            elif value.shape != want.shape and value.T.shape == want.shape:
+                got[name] = value.T
                 findings.append(Finding("transposed", f"your gradient for {_user(name)} is "
                                         f"transposed: it should have shape {want.shape} like the "
-                                        "weight (X.T @ delta, not delta.T @ X)", name, _layer(name)))  # fmt: skip
-            else:
+                                        "weight (X.T @ delta, not delta.T @ X)", name, i + 1))  # fmt: skip
+            elif value.shape != want.shape:
                 findings.append(Finding("shape_mismatch", f"your gradient for {_user(name)} has "
                                         f"shape {value.shape}; the parameter has {want.shape}",
-                                        name, _layer(name)))  # fmt: skip
+                                        name, i + 1))  # fmt: skip
+            elif not np.all(np.isfinite(value)):
+                findings.append(Finding("non_finite", "your gradient has NaN or inf entries; "
+                                        "look for exp overflow or a division by zero", name,
+                                        i + 1))  # fmt: skip
     return findings
 
 
-def _per_parameter_findings(got: dict, reference: dict, n: int, trace: dict) -> list[Finding]:
-    """The first disagreeing parameter in backward order, and what its pattern says."""
-    for name in reversed(list(reference)):
-        value, want = got[name], reference[name]
-        if close(value, want):
+# ---------------------------------------------------------------------- layer by layer
+
+
+def _users_forward(probe: Probe, got: dict, scales: dict) -> tuple[Probe, list[Finding]]:
+    """The forward pass the user's gradients were computed on: xpmlp's, or (where the output
+    layer's gradients say so) one with a floored or leaky ReLU, named."""
+    if probe.activation != "relu":
+        return probe, []
+    candidates = _output_candidates(probe, scales)
+    last = probe.n_layers - 1
+    if _judge_layer(probe, last, got, candidates)[1] == []:
+        return probe, []
+    for variant, said in HIDDEN_VARIANTS.items():
+        other = with_hidden(probe, variant)
+        delta, findings = _judge_layer(other, last, got, _output_candidates(other, scales))
+        if delta is not None and not any(f.code == "not_recognised" for f in findings):
+            return other, [Finding("activation_forward_wrong", f"your grads' forward pass "
+                                   f"computes {said}", None, None)]  # fmt: skip
+    return probe, []
+
+
+def _localise(probe: Probe, got: dict, scales: dict, notes: list) -> list[Finding]:
+    """Every layer's findings, from the output down; each judged against the user's own delta
+    of the layer above."""
+    findings, above = [], None
+    for i in reversed(range(probe.n_layers)):
+        candidates = (_output_candidates(probe, scales) if above is None
+                      else _hidden_candidates(probe, i, above, got))  # fmt: skip
+        delta, layer_findings = _judge_layer(probe, i, got, candidates)
+        findings += layer_findings
+        if above is None and delta is not None:
+            notes += _convention_notes(probe, delta, scales)
+        if delta is None:
+            break  # the user's delta here cannot be read back: the layers below can't be judged
+        above = delta
+    return findings
+
+
+def _judge_layer(probe: Probe, i: int, got: dict, candidates: list[Candidate]):
+    """(the user's delta at layer ``i``, or None; the findings there)."""
+    A, dW = probe.inputs[i], got[f"layers.{i}.weight"]
+    db = got.get(f"layers.{i}.bias")
+    match = _first_match(candidates, A, dW, db)
+    if match is not None:
+        return match.delta, _located(match.findings, i, probe)
+    # dW and db disagree with every candidate: which of them is built wrong?
+    sources = _weight_sources(probe, i, dW)
+    for label, B, dW_used in sources:
+        match = _first_match(candidates, B, dW_used, None)
+        if match is None:
             continue
-        user, layer = _user(name), _layer(name)
-        delta = trace["deltas"][layer - 1]
-        if name.endswith(".bias") and any(close(value, row) for row in delta):
-            return [Finding("bias_gradient_wrong", f"your bias gradient for layer {layer} is one "
-                            "sample's delta: in a per-sample loop, add each sample's delta "
-                            "(+=), do not assign it (=)", name, layer)]  # fmt: skip
-        if name.endswith(".weight") and (source := _wrong_input(value, delta, trace, layer - 1)):
-            return [Finding("wrong_layer_input", f"your weight gradient for layer {layer} is "
-                            f"built from {source}; it must be the layer's own input (X for "
-                            "layer 1, else the previous layer's activation) transposed, times "
-                            "delta", name, layer)]  # fmt: skip
-        if name.endswith(".bias") and value.size > 1 and np.allclose(value, value.flat[0]):
-            return [Finding("bias_gradient_wrong", f"your bias gradient for layer {layer} has the "
-                            "same value in every entry: sum delta over axis 0 (samples), not over "
-                            "the units", name, layer)]  # fmt: skip
-        for factor, code, advice in ((n, "missing_batch_mean", "divide it by the batch size"),
-                                     (-1.0, "sign_flipped", "flip its sign")):  # fmt: skip
-            if close(value, factor * want):
-                return [Finding(code, f"your gradient for {user} is {factor:g} times the right "
-                                f"one: {advice}", name, layer)]  # fmt: skip
-        if name.endswith(".bias"):
-            return [Finding("bias_gradient_wrong", f"your bias gradient for layer {layer} is not "
-                            "the sum of delta over the samples (axis 0)", name, layer)]  # fmt: skip
-        return [Finding("not_recognised", f"your gradient for {user} is the first (going "
-                        "backward from the output) that differs from xpmlp's, by "
-                        f"{relative_error(value, want):.3g} relative; the layers after it are "
-                        "right", name, layer)]  # fmt: skip
-    return []
+        findings = _located(match.findings, i, probe)
+        if label == "transposed":
+            findings.append(Finding("transposed", f"your gradient for layer {i + 1}'s weights is "
+                                    "transposed (delta.T @ X, not X.T @ delta)",
+                                    f"layers.{i}.weight", i + 1))  # fmt: skip
+        elif label is not None:
+            findings.append(_wrong_input_finding(i, label))
+        if db is not None and not close(db, match.delta.sum(axis=0)):
+            findings.append(_bias_finding(i, db, match.delta))
+        return match.delta, findings
+    if db is not None:  # the weight gradient matches nothing; is the bias right?
+        match = next((c for c in candidates if close(db, c.delta.sum(axis=0))), None)
+        if match is not None and not match.findings:
+            return match.delta, [_unrecognised(f"layers.{i}.weight", dW, A.T @ match.delta)]
+    delta = _read_back(A, dW, db)
+    if delta is not None:
+        right = candidates[0].delta
+        return delta, [_unrecognised_delta(probe, i, delta, right)]
+    return None, [_unrecognised(f"layers.{i}.weight", dW, A.T @ candidates[0].delta)]
 
 
-def _wrong_input(value, delta, trace: dict, index: int) -> str | None:
-    """What ``value`` was built from, if it is ``A.T @ delta`` for another array of the forward
-    pass than the layer's own input."""
-    records = trace["records"]
-    candidates = []
-    for j, record in enumerate(records):
-        if j != index:
-            candidates.append((record.inputs, "X" if j == 0 else f"layer {j}'s activation"))
-        if record.activation is not None:
-            candidates.append((record.pre_activation, f"layer {j + 1}'s pre-activation z"))
-    for array, label in candidates:
-        if array.shape[1] == value.shape[0] and close(value, array.T @ delta):
-            return label
+def _first_match(candidates, A, dW, db) -> Candidate | None:
+    for candidate in candidates:
+        if close(dW, A.T @ candidate.delta) and (
+            db is None or close(db, candidate.delta.sum(axis=0))
+        ):
+            return candidate
     return None
 
 
-def _whole_pass_finding(bug: str, model: MLP) -> Finding:
-    message = WHOLE_PASS_BUGS[bug]
-    if bug == "activation_derivative_wrong":
-        message += ": " + DERIVATIVE_ADVICE[model.activation.name]
-    return Finding(bug, message)
+def _weight_sources(probe: Probe, i: int, dW):
+    """(what it is, the array dW was built from, dW as used): the layer's own input first, then
+    the arrays of the forward pass users take instead."""
+    sources = [(None, probe.inputs[i], dW)]
+    if dW.shape[0] == dW.shape[1]:
+        sources.append(("transposed", probe.inputs[i], dW.T))
+    for j, array in enumerate(probe.inputs):
+        if j != i and array.shape[1] == dW.shape[0]:
+            sources.append(("X" if j == 0 else f"layer {j}'s activation", array, dW))
+    for j, z in enumerate(probe.pre[:-1]):
+        if z.shape[1] == dW.shape[0]:
+            sources.append((f"layer {j + 1}'s pre-activation z", z, dW))
+    return sources
+
+
+def _read_back(A, dW, db=None) -> np.ndarray | None:
+    """The delta with ``Aᵀ · delta = dW`` (and ``sum(delta) = db``), where it is determined and
+    exists."""
+    if db is not None:
+        A, dW = np.hstack([A, np.ones((A.shape[0], 1))]), np.vstack([dW, db])
+    if np.linalg.matrix_rank(A) < A.shape[0]:
+        return None
+    delta, *_ = np.linalg.lstsq(A.T, dW, rcond=None)
+    return delta if close(A.T @ delta, dW) else None
+
+
+# ---------------------------------------------------------------------- what the delta should be
+
+
+def _accepted_scales(probe: Probe) -> dict[float, str]:
+    """The output delta's scales the user may have chosen (scale: the loss it belongs to), when
+    their loss is not known. Cross-entropy is the mean (the API asks for its gradients)."""
+    n, k = probe.n, probe.layer_sizes[-1]
+    if probe.output == "softmax":
+        return {1 / n: ""}
+    if probe.output == "sigmoid":
+        return {1 / n: "", 1 / (n * k): "binary cross-entropy averaged over the outputs too",
+                1.0: "binary cross-entropy summed over the samples"}  # fmt: skip
+    return {1 / n: "", 2 / n: "the full squared error (not halved), averaged over the samples",
+            1 / (n * k): "half the squared error averaged over samples and outputs",
+            2 / (n * k): "the mean squared error over samples and outputs",
+            1.0: "half the squared error summed over the samples",
+            2.0: "the squared error summed over the samples"}  # fmt: skip
+
+
+def _output_candidates(probe: Probe, scales: dict) -> list[Candidate]:
+    """The right output delta (at each accepted scale) first, then the known wrong ones."""
+    g, n = probe.output_error(), probe.n
+    forms = [((), g)]
+    if probe.output == "softmax":
+        p = probe.outputs()
+        pg = p * g
+        forms += [((JACOBIAN_TWICE,), pg * (1 - p)), ((JACOBIAN_TWICE,), pg - p * pg.sum(1, keepdims=True)),
+                  ((JACOBIAN_DIAGONAL,), -probe.T * (1 - p))]  # fmt: skip
+    elif probe.output == "sigmoid":
+        s = probe.outputs()
+        forms.append(((SIGMOID_TWICE,), g * s * (1 - s)))
+    all_scales = set(scales) | {n * scale for scale in scales} | {1 / n, 1.0}
+    candidates = []
+    for sign in (1.0, -1.0):
+        for codes, form in forms:
+            for scale in sorted(all_scales, key=lambda s: (s not in scales, s)):
+                extra = () if scale in scales else (_scale_finding(scale, scales, n),)
+                signed = (SIGN,) if sign < 0 else ()
+                candidates.append(Candidate(sign * scale * form, codes + signed + extra))
+    return candidates
+
+
+def _scale_finding(scale: float, scales: dict, n: int) -> tuple[str, str]:
+    accepted = min(scales, key=lambda s: abs(np.log(scale / s)))
+    if np.isclose(scale, n * accepted):
+        return BATCH_MEAN
+    return ("wrong_scale", f"your output delta is {scale / accepted:.3g} times the one your loss "
+            "implies: check the 1/n of a mean loss (and the factor 2 of a squared error)")  # fmt: skip
+
+
+def _hidden_candidates(probe: Probe, i: int, above: np.ndarray, got: dict) -> list[Candidate]:
+    """Layer ``i``'s delta as back-propagated from the user's own delta above: right, with each
+    wrong derivative, and through weights other than the ones used forward."""
+    W = probe.weights[i + 1]
+    back = above @ W.T
+    right = back * probe.derivative(i)
+    candidates = [Candidate(right)]
+    candidates += [Candidate(back * factor, ((code, message),))
+                   for code, message, factor in derivative_variants(probe, i)]  # fmt: skip
+    candidates += _wrong_weight_candidates(probe, i, above, got, right)
+    return candidates
+
+
+def _wrong_weight_candidates(probe: Probe, i: int, above, got: dict, right) -> list[Candidate]:
+    derivative, W = probe.derivative(i), probe.weights[i + 1]
+    code = "delta_through_wrong_weights"
+    found = []
+    dW_above = got.get(f"layers.{i + 1}.weight")
+    if dW_above is not None:
+        # W - eta * dW: the weights after this step's update, eta fitted to what the user returned
+        step = (above @ dW_above.T) * derivative
+        eta = _fitted_step(probe, i, got, right, step)
+        if abs(eta) > 1e-9:
+            found.append(Candidate(right - eta * step, ((code, f"layer {i + 1}'s delta is "
+                         f"back-propagated through layer {i + 2}'s weights after they were "
+                         f"updated (W - {eta:.3g} * dW): back-propagate first, with the weights "
+                         "the forward pass used, and update after"),)))  # fmt: skip
+    for j, other in enumerate(probe.weights):
+        if j != i + 1 and other.shape == W.shape:
+            found.append(Candidate((above @ other.T) * derivative, ((code, f"layer {i + 1}'s "
+                         f"delta is back-propagated through layer {j + 1}'s weights; use layer "
+                         f"{i + 2}'s (the layer above it)"),)))  # fmt: skip
+    return found
+
+
+def _observed(probe: Probe, i: int, delta, with_bias: bool) -> np.ndarray:
+    """What the user returns for layer ``i`` if its delta is ``delta``: dW and db, flat."""
+    parts = [(probe.inputs[i].T @ delta).ravel()]
+    return np.concatenate(parts + [delta.sum(axis=0)] if with_bias else parts)
+
+
+def _fitted_step(probe: Probe, i: int, got: dict, right, step) -> float:
+    """The eta with the user's layer-``i`` gradients closest to those of ``right - eta * step``
+    (least squares in what they returned: it needs no read-back of their delta)."""
+    db = got.get(f"layers.{i}.bias")
+    target = np.concatenate([got[f"layers.{i}.weight"].ravel()] + ([db] if db is not None else []))
+    base = _observed(probe, i, right, db is not None)
+    direction = _observed(probe, i, step, db is not None)
+    return float(np.vdot(base - target, direction) / max(np.vdot(direction, direction), 1e-300))
+
+
+# ---------------------------------------------------------------------- findings
+
+
+def _located(findings, i: int, probe: Probe) -> list[Finding]:
+    """Output-delta findings concern the whole network (no parameter); hidden ones a layer."""
+    return [Finding(code, message, None, i + 1) for code, message in findings]
+
+
+def _bias_finding(i: int, db, delta) -> Finding:
+    name, layer, n = f"layers.{i}.bias", i + 1, delta.shape[0]
+    if any(close(db, row) for row in delta):
+        message = (f"your bias gradient for layer {layer} is one sample's delta: in a per-sample "
+                   "loop, add each sample's delta (+=), do not assign it (=)")  # fmt: skip
+    elif db.size > 1 and np.allclose(db, db.flat[0]):
+        message = (f"your bias gradient for layer {layer} has the same value in every entry: "
+                   "sum delta over axis 0 (samples), not over the units")  # fmt: skip
+    elif close(db, delta.mean(axis=0)):
+        message = (f"your bias gradient for layer {layer} is delta averaged over the samples: "
+                   "sum it (the 1/n is already in delta)")  # fmt: skip
+    elif close(db, n * delta.sum(axis=0)):
+        return Finding("missing_batch_mean", f"your bias gradient for layer {layer} is n times "
+                       "too large: divide it by the batch size, as the weight gradient", name,
+                       layer)  # fmt: skip
+    elif close(db, -delta.sum(axis=0)):
+        return Finding("sign_flipped", f"your bias gradient for layer {layer} has the opposite "
+                       "sign of its weight gradient: flip its sign", name, layer)  # fmt: skip
+    else:
+        message = (f"your bias gradient for layer {layer} is not the sum of delta over the "
+                   "samples (axis 0)")  # fmt: skip
+    return Finding("bias_gradient_wrong", message, name, layer)
+
+
+def _wrong_input_finding(i: int, label: str) -> Finding:
+    return Finding("wrong_layer_input", f"your weight gradient for layer {i + 1} is built from "
+                   f"{label}; it must be the layer's own input (X for layer 1, else the "
+                   "previous layer's activation) transposed, times delta", f"layers.{i}.weight",
+                   i + 1)  # fmt: skip
+
+
+def _unrecognised(name: str, value, want) -> Finding:
+    return Finding("not_recognised", f"your gradient for {_user(name)} is the first (going "
+                   "backward from the output) that differs from xpmlp's, by "
+                   f"{relative_error(value, want):.3g} relative; the layers after it are right",
+                   name, _layer(name))  # fmt: skip
+
+
+def _unrecognised_delta(probe: Probe, i: int, delta, right) -> Finding:
+    where = ("the output delta" if i == probe.n_layers - 1
+             else f"layer {i + 1}'s delta, back-propagated from layer {i + 2}'s,")  # fmt: skip
+    return Finding("not_recognised", f"{where} differs from xpmlp's by "
+                   f"{relative_error(delta, right):.3g} relative, in no way the doctor knows; "
+                   "the layers after it are right", f"layers.{i}.weight", i + 1)  # fmt: skip
+
+
+def _convention_notes(probe: Probe, delta, scales: dict) -> list[str]:
+    for scale, what in scales.items():
+        if what and any(close(delta, sign * scale * probe.output_error()) for sign in (1, -1)):
+            return [f"your gradients are those of {what}: a convention, not a bug"]
+    return []
+
+
+def _merged(findings: list[Finding], n_layers: int) -> list[Finding]:
+    """One finding per cause: the same code and advice at several layers is reported once, at
+    the layer nearest the output, naming the layers where it is (a hidden layer's delta: unless
+    it is in all of them); then in layer order."""
+    groups: dict[tuple, list[Finding]] = {}
+    for finding in findings:
+        groups.setdefault((finding.code, _template(finding)), []).append(finding)
+    out = []
+    for group in groups.values():
+        first, layers = group[0], sorted({f.layer for f in group if f.layer is not None})
+        message = first.message
+        if first.parameter is not None and len(layers) > 1:
+            message += f" (also in layer {', '.join(str(k) for k in layers if k != first.layer)})"
+        elif first.parameter is None and first.layer not in (None, n_layers):
+            if len(layers) < n_layers - 1:  # not in every hidden layer: say where
+                message += f" (layer {', '.join(map(str, layers))})"
+        out.append(Finding(first.code, message, first.parameter, first.layer))
+    return sorted(out, key=lambda f: (f.layer is None, f.layer or 0))
+
+
+def _template(finding: Finding) -> str:
+    """The message with its layer numbers left out."""
+    return "".join(ch for ch in finding.message if not ch.isdigit())
 
 
 def _layer(name: str) -> int:

@@ -26,23 +26,30 @@ class Report:
 
     findings: list[Finding] = field(default_factory=list)
     subject: str = "gradients"  # what was checked: gradients, forward pass, batches
+    notes: list[str] = field(default_factory=list)  # conventions seen, not bugs
+    loss_check: dict[str, float] = field(default_factory=dict)  # parameter: max relative error
+    skipped: str | None = None  # why this check did not run
 
     @property
     def ok(self) -> bool:
-        return not self.findings
+        return not self.findings  # a skipped check found nothing
 
     @property
     def codes(self) -> set[str]:
         return {finding.code for finding in self.findings}
 
     def __str__(self) -> str:
+        if self.skipped:
+            return f"skipped: {self.skipped}"
         if self.ok:
             verb = "matches" if self.subject == "forward pass" else "match"
-            return f"your {self.subject} {verb} xpmlp's float64 reference: no bug found"
-        lines = [f"{len(self.findings)} problem(s) in your {self.subject}:"]
+            lines = [f"your {self.subject} {verb} xpmlp's float64 reference: no bug found"]
+        else:
+            lines = [f"{len(self.findings)} problem(s) in your {self.subject}:"]
         for finding in self.findings:
             where = f" [{finding.parameter}]" if finding.parameter else ""
             lines.append(f"- {finding.code}{where}: {finding.message}")
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 

@@ -1,0 +1,91 @@
+"""The user's own ``loss(weights, biases, X, Y)``: their gradients checked against its float64
+central differences (no knowledge of their network needed), and its value read for the
+convention it follows (mean or summed, half or full squared error)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layouts import Layout, user_arguments
+from .reference import Probe
+from .report import Finding
+
+ENTRIES = 16  # sampled entries per parameter
+AGREE = 1e-4  # largest relative error of an entry that still agrees
+
+
+def _value(loss, probe: Probe, shape: Layout) -> float:
+    return float(np.asarray(loss(*user_arguments(probe, shape))))
+
+
+def loss_check(loss, probe: Probe, shape: Layout, got: dict) -> tuple[dict, list[Finding]]:
+    """(parameter: largest relative error against central differences, findings where it
+    disagrees). Each entry's step is scaled to the entry."""
+    rng = np.random.default_rng(0)
+    errors, findings = {}, []
+    for name, value in got.items():
+        if value is None:
+            continue
+        i, kind = int(name.split(".")[1]), name.split(".")[2]
+        parameter = (probe.weights if kind == "weight" else probe.biases)[i]
+        flat = parameter.reshape(-1)
+        picked = rng.choice(flat.size, size=min(ENTRIES, flat.size), replace=False)
+        numeric = np.array([_central_difference(loss, probe, shape, flat, j) for j in picked])
+        mine = value.reshape(-1)[picked]
+        floor = 1e-6 * max(np.max(np.abs(value)), 1e-12)
+        errors[name] = float(
+            np.max(np.abs(mine - numeric) / (np.maximum(np.abs(mine), np.abs(numeric)) + floor))
+        )
+        if errors[name] > AGREE:
+            findings.append(Finding("disagrees_with_loss", f"your gradient for layer {i + 1}'s "
+                            f"{kind}s disagrees with central differences of your own loss: "
+                            f"largest relative error {errors[name]:.3g}", name, i + 1))  # fmt: skip
+    return errors, findings
+
+
+def _central_difference(loss, probe: Probe, shape: Layout, flat, j: int) -> float:
+    keep = flat[j]
+    step = 1e-6 * max(1.0, abs(keep))
+    flat[j] = keep + step
+    up = _value(loss, probe, shape)
+    flat[j] = keep - step
+    down = _value(loss, probe, shape)
+    flat[j] = keep
+    return (up - down) / (2 * step)
+
+
+def reference_losses(probe: Probe) -> list[tuple[float, float, str]]:
+    """(loss value, the output delta's scale, what the loss is; '' for xpmlp's own) for each
+    convention of the probe's output."""
+    n, k = probe.n, probe.layer_sizes[-1]
+    out, T = probe.outputs(), probe.T
+    with np.errstate(all="ignore"):
+        if probe.output == "softmax":
+            total = float(-np.sum(T * np.log(out)))
+            return [(total / n, 1 / n, ""), (total, 1.0, "cross-entropy summed over the samples")]
+        if probe.output == "sigmoid":
+            total = float(-np.sum(T * np.log(out) + (1 - T) * np.log(1 - out)))
+            return [(total / n, 1 / n, ""),
+                    (total / (n * k), 1 / (n * k), "binary cross-entropy averaged over the outputs too"),
+                    (total, 1.0, "binary cross-entropy summed over the samples")]  # fmt: skip
+    squares = float(np.sum((out - T) ** 2))
+    return [(squares / (2 * n), 1 / n, ""),
+            (squares / n, 2 / n, "the full squared error (not halved), averaged over the samples"),
+            (squares / (2 * n * k), 1 / (n * k), "half the squared error averaged over samples and outputs"),
+            (squares / (n * k), 2 / (n * k), "the mean squared error over samples and outputs"),
+            (squares / 2, 1.0, "half the squared error summed over the samples"),
+            (squares, 2.0, "the squared error summed over the samples")]  # fmt: skip
+
+
+def convention_of(loss, probe: Probe, shape: Layout) -> tuple[dict | None, str | None]:
+    """({scale: what} the user's loss implies, a note), or (None, why) where the value is none
+    of the known network's losses (another architecture: only the differences speak)."""
+    value = _value(loss, probe, shape)
+    for reference, scale, what in reference_losses(probe):
+        if np.isclose(value, reference, rtol=1e-8, atol=1e-12):
+            return {scale: what}, (
+                f"your loss is {what}: a convention, not a bug" if what else None
+            )
+    return None, (f"your loss is {value:.6g}, none of the {probe.output} network's losses the "
+                  "doctor knows (another architecture, or a penalty term?): your gradients are "
+                  "checked against your loss alone")  # fmt: skip
