@@ -247,3 +247,28 @@ def single_sample_tanh(weights, biases, x, y):
     d2 = p - y
     d1 = (weights[1].T @ d2) * (1 - h**2)
     return [d1 @ x.T, d2 @ h.T], [d1, d2]
+
+
+def andrew_ng(*, no_mean_at=None, output="sigmoid"):
+    """Column-major, the 1/m applied to each layer's dW and db (not to the delta): two ReLU
+    hidden layers; ``no_mean_at``: the 1-based layer whose dW and db forget it."""
+
+    def grads(W, b, X, Y):
+        m = X.shape[1]
+        A, Z = [X], []
+        for Wi, bi in zip(W[:-1], b[:-1]):
+            Z.append(Wi @ A[-1] + bi)
+            A.append(np.maximum(Z[-1], 0))
+        out = W[-1] @ A[-1] + b[-1]
+        P = 1 / (1 + np.exp(-out)) if output == "sigmoid" else out
+        dZ = P - Y
+        dW, db = [None] * len(W), [None] * len(W)
+        for i in reversed(range(len(W))):
+            scale = 1.0 if no_mean_at == i + 1 else 1 / m
+            dW[i] = scale * dZ @ A[i].T
+            db[i] = scale * dZ.sum(axis=1, keepdims=True)
+            if i:
+                dZ = (W[i].T @ dZ) * (Z[i - 1] > 0)
+        return dW, db
+
+    return grads

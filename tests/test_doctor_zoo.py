@@ -65,8 +65,10 @@ def test_squared_error_conventions_are_said_not_blamed(scale):
     grads, loss = zoo.no_bias_mse(scale=scale)
     without = _check(grads, sizes=[6, 9, 4], output="identity", bias=False)
     assert without.ok, str(without)
-    if scale != "half_mean":  # xpmlp's own: half, averaged over the samples
+    if scale == "full_mean":  # xpmlp's own: half, averaged over the samples
         assert "a convention, not a bug" in str(without)
+    if scale == "full_sum":  # without the loss, summed may be right or a forgotten 1/n: said
+        assert "right if your loss is summed too" in str(without)
     with_loss = check_gradients(grads, [6, 9, 4], loss=loss, output="identity", bias=False)
     assert with_loss.ok, str(with_loss)
     assert max(with_loss.loss_check.values()) < 1e-6
@@ -270,3 +272,54 @@ def test_the_column_major_example_of_the_docs_gets_a_clean_bill():
     report = check_gradients(namespace["grads"], namespace["LAYER_SIZES"], layout="columns",
                              bias=False)  # fmt: skip
     assert report.ok, str(report)
+
+
+# ---------------------------------------------------------------------- what an adversarial review found
+
+
+def test_the_1_over_m_applied_layer_by_layer_and_forgotten_in_one():
+    kwargs = {"sizes": [6, 9, 8, 3], "output": "sigmoid", "layout": "columns"}
+    assert _check(zoo.andrew_ng(), **kwargs).ok
+    for layer in (1, 2):  # a hidden layer's dW and db without 1/m: named there, nowhere else
+        report = _check(zoo.andrew_ng(no_mean_at=layer), **kwargs)
+        assert [(f.code, f.layer) for f in report.findings] == [("missing_batch_mean", layer)]
+    # the output layer's: its hidden layers take their 1/n, so it is no summed convention
+    report = _check(zoo.andrew_ng(no_mean_at=3), **kwargs)
+    assert [(f.code, f.layer) for f in report.findings] == [("missing_batch_mean", 3)]
+    assert not report.notes
+
+
+def test_the_same_bug_in_two_layers_with_layer_numbers_in_its_message_is_said_twice():
+    report = _check(zoo.net("tanh", bugs={"through_updated_W": (1, 2)}), activation="tanh")
+    assert sorted(f.layer for f in report.findings) == [1, 2], str(report)
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.25])
+def test_an_output_scale_outside_the_known_ones_is_named_against_the_users_loss(factor):
+    grads, loss = zoo.no_bias_mse(scale="full_mean")
+
+    def scaled(*args):
+        return [factor * g for g in grads(*args)]
+
+    report = check_gradients(scaled, [6, 9, 4], loss=loss, output="identity", bias=False)
+    assert report.codes == {"wrong_scale"} and f"{factor:.3g} times" in str(report), str(report)
+
+
+def test_a_leaky_forward_with_its_own_derivative_is_named_once():
+    def grads(weights, biases, X, Y):
+        z = X @ weights[0] + biases[0]
+        h = np.where(z > 0, z, 0.01 * z)
+        o = h @ weights[1] + biases[1]
+        p = np.exp(o - o.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        d2 = (p - Y) / len(X)
+        d1 = (d2 @ weights[1].T) * np.where(z > 0, 1.0, 0.01)
+        return [X.T @ d1, h.T @ d2], [d1.sum(0), d2.sum(0)]
+
+    assert _check(grads, sizes=[6, 9, 4]).codes == {"activation_forward_wrong"}
+
+
+@pytest.mark.parametrize(("output", "sizes"), [("sigmoid", [6, 9, 1]), ("identity", [6, 9, 2])])
+def test_a_correct_network_with_one_or_two_outputs_gets_no_note(output, sizes):
+    report = _check(zoo.net("tanh", output), activation="tanh", output=output, sizes=sizes)
+    assert report.ok and not report.notes, str(report)

@@ -89,7 +89,10 @@ def _reference(probe: Probe, returns: str, hidden: str | None = None, *, bias=Tr
         a = np.maximum(z, FLOORED_RELU) if act is None else act.forward(np, z)
     if returns == "logits" or probe.output == "identity":
         return z
-    return ops.softmax(np, z) if probe.output == "softmax" else 1 / (1 + np.exp(-z))
+    if probe.output == "softmax":
+        return ops.softmax(np, z)
+    with np.errstate(over="ignore"):  # exp(-z) overflows for z << 0, where the sigmoid is 0
+        return 1 / (1 + np.exp(-z))
 
 
 def _finding(got, probe: Probe, returns: str, *, large: bool) -> Finding | None:

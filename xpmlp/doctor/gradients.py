@@ -19,36 +19,23 @@ differences of that loss (any architecture), and its value says which convention
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from .candidates import (
+    BATCH_MEAN,
+    Candidate,
+    accepted_scales,
+    hidden_candidates,
+    observed,
+    output_candidates,
+    output_forms,
+    scaled_output,
+)
 from .layouts import Layout, call_user
-from .reference import HIDDEN_VARIANTS, OUTPUTS, Probe, derivative_variants, make_probe, with_hidden
+from .reference import HIDDEN_VARIANTS, OUTPUTS, Probe, make_probe, with_hidden
 from .report import Finding, Report, close, relative_error
 from .userloss import convention_of, loss_check
-
-SIGN = ("sign_flipped", "your gradients have the opposite sign (you return the ascent "
-        "direction): return dL/dparameter, and let the update subtract it")  # fmt: skip
-BATCH_MEAN = ("missing_batch_mean", "your gradients are n times too large: the loss is the mean "
-              "over the batch, so divide the output delta (p - y) by the number of samples")  # fmt: skip
-JACOBIAN_TWICE = ("softmax_jacobian_twice", "the softmax Jacobian is multiplied in twice: for "
-                  "softmax followed by cross-entropy the output delta is already p - y; drop the "
-                  "extra p * (1 - p) factor")  # fmt: skip
-JACOBIAN_DIAGONAL = ("softmax_jacobian_diagonal", "only the diagonal p * (1 - p) of the softmax "
-                     "Jacobian is used on dL/dp = -y / p: the full Jacobian diag(p) - p pᵀ gives "
-                     "p - y, the output delta of softmax with cross-entropy; use p - y")  # fmt: skip
-SIGMOID_TWICE = ("sigmoid_derivative_twice", "the sigmoid's derivative is multiplied in twice: "
-                 "for sigmoid with binary cross-entropy the output delta is already s - y; drop "
-                 "the extra s * (1 - s) factor")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A delta the user may have computed: ``codes`` empty for the right one."""
-
-    delta: np.ndarray
-    findings: tuple[tuple[str, str], ...] = ()  # (code, message)
 
 
 def check_gradients(
@@ -106,9 +93,9 @@ def check_gradients(
         return Report([failure])
     findings = _shape_findings(got, probe)
     if any(f.code in ("shape_mismatch", "non_finite") for f in findings):
-        return Report(findings)
+        return Report(findings)  # nothing to read a delta from
     report = Report(findings)
-    scales = _accepted_scales(probe)
+    scales = accepted_scales(probe)
     if callable(loss):
         report.loss_check, disagree = loss_check(loss, probe, shape, got)
         scales, note = convention_of(loss, probe, shape)
@@ -154,6 +141,11 @@ def _shape_findings(got: dict, probe: Probe) -> list[Finding]:
                 findings.append(Finding("transposed", f"your gradient for {_user(name)} is "
                                         f"transposed: it should have shape {want.shape} like the "
                                         "weight (X.T @ delta, not delta.T @ X)", name, i + 1))  # fmt: skip
+            elif value.shape != want.shape and kind == "bias":
+                got[name] = None  # the layer is judged by its weight gradient alone
+                findings.append(Finding("bias_gradient_wrong", f"your gradient for {_user(name)} "
+                                        f"has shape {value.shape}; sum delta over axis 0 (the "
+                                        f"samples) to get shape {want.shape}", name, i + 1))  # fmt: skip
             elif value.shape != want.shape:
                 findings.append(Finding("shape_mismatch", f"your gradient for {_user(name)} has "
                                         f"shape {value.shape}; the parameter has {want.shape}",
@@ -173,13 +165,13 @@ def _users_forward(probe: Probe, got: dict, scales: dict) -> tuple[Probe, list[F
     layer's gradients say so) one with a floored or leaky ReLU, named."""
     if probe.activation != "relu":
         return probe, []
-    candidates = _output_candidates(probe, scales)
+    candidates = output_candidates(probe, scales)
     last = probe.n_layers - 1
-    if _judge_layer(probe, last, got, candidates)[1] == []:
+    if not _judge_layer(probe, last, got, candidates)[1]:
         return probe, []
     for variant, said in HIDDEN_VARIANTS.items():
         other = with_hidden(probe, variant)
-        delta, findings = _judge_layer(other, last, got, _output_candidates(other, scales))
+        delta, findings, _ = _judge_layer(other, last, got, output_candidates(other, scales))
         if delta is not None and not any(f.code == "not_recognised" for f in findings):
             return other, [Finding("activation_forward_wrong", f"your grads' forward pass "
                                    f"computes {said}", None, None)]  # fmt: skip
@@ -188,31 +180,67 @@ def _users_forward(probe: Probe, got: dict, scales: dict) -> tuple[Probe, list[F
 
 def _localise(probe: Probe, got: dict, scales: dict, notes: list) -> list[Finding]:
     """Every layer's findings, from the output down; each judged against the user's own delta
-    of the layer above."""
-    findings, above = [], None
+    of the layer above. ``ratio`` follows how much larger than the true delta the user's is
+    (n where the 1/n of a mean loss is still to come, in a layer below)."""
+    findings, above, ratio, per_layer_mean = [], None, 1.0, False
+    convention = False  # the output delta has no 1/n and the user's loss may be summed
+    last = probe.n_layers - 1
     for i in reversed(range(probe.n_layers)):
-        candidates = (_output_candidates(probe, scales) if above is None
-                      else _hidden_candidates(probe, i, above, got))  # fmt: skip
-        delta, layer_findings = _judge_layer(probe, i, got, candidates)
+        if above is None:
+            delta, layer_findings, match = _judge_output(probe, got, scales)
+            convention = match is not None and match.ratio > 1.5 and not match.findings
+        else:
+            candidates = hidden_candidates(probe, i, above, got, ratio)
+            delta, layer_findings, match = _judge_layer(probe, i, got, candidates)
+            if match is not None and match.ratio < 1 and convention:
+                per_layer_mean, convention = True, False
         findings += layer_findings
-        if above is None and delta is not None:
-            notes += _convention_notes(probe, delta, scales)
+        if match is not None:
+            ratio *= match.ratio
         if delta is None:
             break  # the user's delta here cannot be read back: the layers below can't be judged
+        if above is None:
+            output_notes = _convention_notes(probe, delta, scales)
         above = delta
+    if per_layer_mean and not any(
+        f.code == BATCH_MEAN[0] and f.layer == last + 1 for f in findings
+    ):
+        # the hidden layers take the 1/n the output layer left out: not a summed loss after all
+        findings.append(Finding(*BATCH_MEAN, None, last + 1))
+        output_notes = []
+    notes += output_notes if above is not None else []
     return findings
 
 
+def _judge_output(probe: Probe, got: dict, scales: dict):
+    """The output layer: a known output delta, or a known form at a scale fitted to the user's
+    gradients (a factor 2 or a 1/k forgotten)."""
+    last = probe.n_layers - 1
+    delta, findings, match = _judge_layer(probe, last, got, output_candidates(probe, scales))
+    if match is not None:
+        return delta, findings, match
+    db = got.get(f"layers.{last}.bias")
+    target = np.concatenate(
+        [got[f"layers.{last}.weight"].ravel()] + ([db] if db is not None else [])
+    )
+    for form_findings, form in output_forms(probe):
+        seen = observed(probe, last, form, db is not None)
+        factor = float(np.vdot(seen, target) / max(np.vdot(seen, seen), 1e-300))
+        if abs(factor) > 1e-12 and close(factor * seen, target):
+            candidate = scaled_output(factor, form_findings, form, scales, probe.n)
+            return candidate.delta, _located(candidate.findings, last, probe), candidate
+    return delta, findings, None
+
+
 def _judge_layer(probe: Probe, i: int, got: dict, candidates: list[Candidate]):
-    """(the user's delta at layer ``i``, or None; the findings there)."""
+    """(the user's delta at layer ``i``, or None; the findings there; the candidate matched)."""
     A, dW = probe.inputs[i], got[f"layers.{i}.weight"]
     db = got.get(f"layers.{i}.bias")
     match = _first_match(candidates, A, dW, db)
     if match is not None:
-        return match.delta, _located(match.findings, i, probe)
+        return match.delta, _located(match.findings, i, probe), match
     # dW and db disagree with every candidate: which of them is built wrong?
-    sources = _weight_sources(probe, i, dW)
-    for label, B, dW_used in sources:
+    for label, B, dW_used in _weight_sources(probe, i, dW):
         match = _first_match(candidates, B, dW_used, None)
         if match is None:
             continue
@@ -225,16 +253,15 @@ def _judge_layer(probe: Probe, i: int, got: dict, candidates: list[Candidate]):
             findings.append(_wrong_input_finding(i, label))
         if db is not None and not close(db, match.delta.sum(axis=0)):
             findings.append(_bias_finding(i, db, match.delta))
-        return match.delta, findings
+        return match.delta, findings, match
     if db is not None:  # the weight gradient matches nothing; is the bias right?
         match = next((c for c in candidates if close(db, c.delta.sum(axis=0))), None)
         if match is not None and not match.findings:
-            return match.delta, [_unrecognised(f"layers.{i}.weight", dW, A.T @ match.delta)]
+            return match.delta, [_unrecognised(f"layers.{i}.weight", dW, A.T @ match.delta)], match
     delta = _read_back(A, dW, db)
     if delta is not None:
-        right = candidates[0].delta
-        return delta, [_unrecognised_delta(probe, i, delta, right)]
-    return None, [_unrecognised(f"layers.{i}.weight", dW, A.T @ candidates[0].delta)]
+        return delta, [_unrecognised_delta(probe, i, delta, candidates[0].delta)], None
+    return None, [_unrecognised(f"layers.{i}.weight", dW, A.T @ candidates[0].delta)], None
 
 
 def _first_match(candidates, A, dW, db) -> Candidate | None:
@@ -273,104 +300,6 @@ def _read_back(A, dW, db=None) -> np.ndarray | None:
 
 
 # ---------------------------------------------------------------------- what the delta should be
-
-
-def _accepted_scales(probe: Probe) -> dict[float, str]:
-    """The output delta's scales the user may have chosen (scale: the loss it belongs to), when
-    their loss is not known. Cross-entropy is the mean (the API asks for its gradients)."""
-    n, k = probe.n, probe.layer_sizes[-1]
-    if probe.output == "softmax":
-        return {1 / n: ""}
-    if probe.output == "sigmoid":
-        return {1 / n: "", 1 / (n * k): "binary cross-entropy averaged over the outputs too",
-                1.0: "binary cross-entropy summed over the samples"}  # fmt: skip
-    return {1 / n: "", 2 / n: "the full squared error (not halved), averaged over the samples",
-            1 / (n * k): "half the squared error averaged over samples and outputs",
-            2 / (n * k): "the mean squared error over samples and outputs",
-            1.0: "half the squared error summed over the samples",
-            2.0: "the squared error summed over the samples"}  # fmt: skip
-
-
-def _output_candidates(probe: Probe, scales: dict) -> list[Candidate]:
-    """The right output delta (at each accepted scale) first, then the known wrong ones."""
-    g, n = probe.output_error(), probe.n
-    forms = [((), g)]
-    if probe.output == "softmax":
-        p = probe.outputs()
-        pg = p * g
-        forms += [((JACOBIAN_TWICE,), pg * (1 - p)), ((JACOBIAN_TWICE,), pg - p * pg.sum(1, keepdims=True)),
-                  ((JACOBIAN_DIAGONAL,), -probe.T * (1 - p))]  # fmt: skip
-    elif probe.output == "sigmoid":
-        s = probe.outputs()
-        forms.append(((SIGMOID_TWICE,), g * s * (1 - s)))
-    all_scales = set(scales) | {n * scale for scale in scales} | {1 / n, 1.0}
-    candidates = []
-    for sign in (1.0, -1.0):
-        for codes, form in forms:
-            for scale in sorted(all_scales, key=lambda s: (s not in scales, s)):
-                extra = () if scale in scales else (_scale_finding(scale, scales, n),)
-                signed = (SIGN,) if sign < 0 else ()
-                candidates.append(Candidate(sign * scale * form, codes + signed + extra))
-    return candidates
-
-
-def _scale_finding(scale: float, scales: dict, n: int) -> tuple[str, str]:
-    accepted = min(scales, key=lambda s: abs(np.log(scale / s)))
-    if np.isclose(scale, n * accepted):
-        return BATCH_MEAN
-    return ("wrong_scale", f"your output delta is {scale / accepted:.3g} times the one your loss "
-            "implies: check the 1/n of a mean loss (and the factor 2 of a squared error)")  # fmt: skip
-
-
-def _hidden_candidates(probe: Probe, i: int, above: np.ndarray, got: dict) -> list[Candidate]:
-    """Layer ``i``'s delta as back-propagated from the user's own delta above: right, with each
-    wrong derivative, and through weights other than the ones used forward."""
-    W = probe.weights[i + 1]
-    back = above @ W.T
-    right = back * probe.derivative(i)
-    candidates = [Candidate(right)]
-    candidates += [Candidate(back * factor, ((code, message),))
-                   for code, message, factor in derivative_variants(probe, i)]  # fmt: skip
-    candidates += _wrong_weight_candidates(probe, i, above, got, right)
-    return candidates
-
-
-def _wrong_weight_candidates(probe: Probe, i: int, above, got: dict, right) -> list[Candidate]:
-    derivative, W = probe.derivative(i), probe.weights[i + 1]
-    code = "delta_through_wrong_weights"
-    found = []
-    dW_above = got.get(f"layers.{i + 1}.weight")
-    if dW_above is not None:
-        # W - eta * dW: the weights after this step's update, eta fitted to what the user returned
-        step = (above @ dW_above.T) * derivative
-        eta = _fitted_step(probe, i, got, right, step)
-        if abs(eta) > 1e-9:
-            found.append(Candidate(right - eta * step, ((code, f"layer {i + 1}'s delta is "
-                         f"back-propagated through layer {i + 2}'s weights after they were "
-                         f"updated (W - {eta:.3g} * dW): back-propagate first, with the weights "
-                         "the forward pass used, and update after"),)))  # fmt: skip
-    for j, other in enumerate(probe.weights):
-        if j != i + 1 and other.shape == W.shape:
-            found.append(Candidate((above @ other.T) * derivative, ((code, f"layer {i + 1}'s "
-                         f"delta is back-propagated through layer {j + 1}'s weights; use layer "
-                         f"{i + 2}'s (the layer above it)"),)))  # fmt: skip
-    return found
-
-
-def _observed(probe: Probe, i: int, delta, with_bias: bool) -> np.ndarray:
-    """What the user returns for layer ``i`` if its delta is ``delta``: dW and db, flat."""
-    parts = [(probe.inputs[i].T @ delta).ravel()]
-    return np.concatenate(parts + [delta.sum(axis=0)] if with_bias else parts)
-
-
-def _fitted_step(probe: Probe, i: int, got: dict, right, step) -> float:
-    """The eta with the user's layer-``i`` gradients closest to those of ``right - eta * step``
-    (least squares in what they returned: it needs no read-back of their delta)."""
-    db = got.get(f"layers.{i}.bias")
-    target = np.concatenate([got[f"layers.{i}.weight"].ravel()] + ([db] if db is not None else []))
-    base = _observed(probe, i, right, db is not None)
-    direction = _observed(probe, i, step, db is not None)
-    return float(np.vdot(base - target, direction) / max(np.vdot(direction, direction), 1e-300))
 
 
 # ---------------------------------------------------------------------- findings
@@ -430,6 +359,12 @@ def _unrecognised_delta(probe: Probe, i: int, delta, right) -> Finding:
 def _convention_notes(probe: Probe, delta, scales: dict) -> list[str]:
     for scale, what in scales.items():
         if what and any(close(delta, sign * scale * probe.output_error()) for sign in (1, -1)):
+            if "summed" in what:
+                return [
+                    f"your gradients are those of {what}: right if your loss is summed too; "
+                    "if it is the mean, divide the output delta by n (pass your loss() to "
+                    "have it checked)"
+                ]
             return [f"your gradients are those of {what}: a convention, not a bug"]
     return []
 
@@ -440,7 +375,8 @@ def _merged(findings: list[Finding], n_layers: int) -> list[Finding]:
     it is in all of them); then in layer order."""
     groups: dict[tuple, list[Finding]] = {}
     for finding in findings:
-        groups.setdefault((finding.code, _template(finding)), []).append(finding)
+        same = _template(finding) if finding.parameter else finding.message
+        groups.setdefault((finding.code, same), []).append(finding)
     out = []
     for group in groups.values():
         first, layers = group[0], sorted({f.layer for f in group if f.layer is not None})
@@ -448,7 +384,7 @@ def _merged(findings: list[Finding], n_layers: int) -> list[Finding]:
         if first.parameter is not None and len(layers) > 1:
             message += f" (also in layer {', '.join(str(k) for k in layers if k != first.layer)})"
         elif first.parameter is None and first.layer not in (None, n_layers):
-            if len(layers) < n_layers - 1:  # not in every hidden layer: say where
+            if len(layers) < n_layers - 1 and f"layer {first.layer}" not in message:
                 message += f" (layer {', '.join(map(str, layers))})"
         out.append(Finding(first.code, message, first.parameter, first.layer))
     return sorted(out, key=lambda f: (f.layer is None, f.layer or 0))

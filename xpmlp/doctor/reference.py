@@ -54,7 +54,10 @@ class Probe:
         z = self.pre[-1]
         if self.output == "softmax":
             return ops.softmax(np, z)
-        return 1 / (1 + np.exp(-z)) if self.output == "sigmoid" else z
+        if self.output == "identity":
+            return z
+        with np.errstate(over="ignore"):  # exp(-z) overflows for z << 0, where it is 0
+            return 1 / (1 + np.exp(-z))
 
     def output_error(self) -> np.ndarray:
         """``outputs - targets``: every supported output's delta is this, scaled."""
