@@ -846,3 +846,29 @@ def test_text_labels_are_the_classes_predict_prints(tmp_path, capsys):
                     "--label-column", "species", "--device", "cpu"], capsys,
          expect="label 1 at row 0 of the labels of {} is a number; the model's classes are "
                 "text: setosa, versicolor, virginica".format(tmp_path / "n.csv"))  # fmt: skip
+
+
+def test_labels_minus_one_and_plus_one_are_two_classes(tmp_path, capsys):
+    # As scikit-learn's: the classes are the sorted distinct labels, whatever their sign.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = np.where(X[:, 0] > 0, 1, -1)
+    lines = ["a,b,c,label"] + [f"{a},{b},{c},{label}" for (a, b, c), label in zip(X, y)]
+    (tmp_path / "pm1.csv").write_text("\n".join(lines) + "\n")
+    np.savez(tmp_path / "new.npz", X=X[:5])
+    run = tmp_path / "run"
+    assert main(["train", "--device", "cpu", "--dataset", str(tmp_path / "pm1.csv"),
+                 "--hidden", "8", "--epochs", "2", "--out", str(run), "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["predict", str(run), str(tmp_path / "new.npz"), "--device", "cpu"]) == 0
+    assert set(capsys.readouterr().out.split()) <= {"-1", "1"}
+
+
+def test_a_resumed_run_says_where_it_resumes(tmp_path, toy, capsys):
+    assert _train(tmp_path, toy, "--epochs", "2") == 0
+    capsys.readouterr()
+    assert (
+        main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--device", "cpu"]) == 0
+    )
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("resuming MLP(") and " at epoch 3 of 3 on " in first, first

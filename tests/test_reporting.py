@@ -128,3 +128,16 @@ def test_matplotlibs_log_warnings_stay_off_stderr(tmp_path, monkeypatch, caplog)
         assert "font cache" not in caplog.text
         logging.getLogger("matplotlib.font_manager").warning("after the plot")  # level restored
         assert "after the plot" in caplog.text
+
+
+def test_one_epoch_has_whole_epoch_ticks():
+    need("matplotlib")
+    import matplotlib.pyplot as plt
+
+    fig = reporting.curves_figure(_history(1))
+    try:
+        fig.canvas.draw()
+        for ax in fig.axes[:3]:
+            assert all(tick == int(tick) for tick in ax.get_xticks()), ax.get_xticks()
+    finally:
+        plt.close(fig)

@@ -132,8 +132,10 @@ def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -
     progress = reporting.Progress(trainer.epochs, quiet=quiet, heard=heard)
     size = trainer.comm.size
     processes = f", on {size} MPI processes" if size > 1 else ""
-    progress.message(f"training {trainer.model} on {len(y_train):,} samples from "
-                     f"{prepared.source}{processes}; run directory {run.path}")  # fmt: skip
+    what = (f"resuming {trainer.model} at epoch {trainer.epoch + 1} of {trainer.epochs}"
+            if trainer.epoch else f"training {trainer.model}")  # fmt: skip
+    progress.message(f"{what} on {len(y_train):,} samples from {prepared.source}{processes}; "
+                     f"run directory {run.path}")  # fmt: skip
     try:
         checked = trainer.check_data(X_train, y_train, validation_data=prepared.val,
                                      test_data=prepared.test)  # fmt: skip

@@ -22,7 +22,8 @@ SCALING_METHODS = ("unit", "standard", "none")
 def check_labels(
     y, n_classes: int | None = None, *, where: str | None = None, locate=None
 ) -> np.ndarray:
-    """The label rule: whole numbers in ``[0, n_classes)`` (``[0, MAX_LABEL]`` without a count).
+    """The label rule: whole numbers in ``[0, n_classes)``; without a count (a user's own labels,
+    before their classes are found), any whole numbers up to ``MAX_LABEL`` in size.
 
     Parameters
     ----------
@@ -53,15 +54,23 @@ def check_labels(
         raise DataError(
             f"labels must be integers; found dtype {y.dtype}" + (f" in {where}" if where else "")
         )
-    high = MAX_LABEL + 1 if n_classes is None else n_classes
+    # a user's own labels may be any whole numbers (-1/+1 too): classes are their sorted values
+    low, high = (0, n_classes) if n_classes is not None else (-MAX_LABEL, MAX_LABEL + 1)
     with np.errstate(invalid="ignore"):
-        bad = ~(y >= 0) | ~(y < high) | (y != np.trunc(y))  # NaN fails every comparison
+        bad = ~(y >= low) | ~(y < high) | (y != np.trunc(y))  # NaN fails every comparison
     if bad.any():
         row = int(np.argmax(bad))
-        interval = f"[0, {n_classes})" if n_classes is not None else f"[0, {MAX_LABEL}]"
+        interval = f"[0, {n_classes})" if n_classes is not None else f"[-{MAX_LABEL}, {MAX_LABEL}]"
         place = locate(row) if locate else f"row {row}" + (f" of {where}" if where else "")
-        raise DataError(f"labels must be integers in {interval}; found {y[row]} at {place}")
+        raise DataError(f"labels must be integers in {interval}; found {_shown(y[row])} at {place}")
     return y.astype(np.int64, copy=False)
+
+
+def _shown(value) -> str:
+    """A label as the user wrote it: -1, not -1.0."""
+    value = value.item() if hasattr(value, "item") else value
+    whole = isinstance(value, float) and value.is_integer() and abs(value) < 2**53
+    return str(int(value)) if whole else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def find_classes(*labels, where: str) -> np.ndarray:

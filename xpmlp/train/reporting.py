@@ -228,6 +228,10 @@ def _finish(ax, ylabel: str, best_epoch: int | None) -> None:
         )
     from matplotlib.ticker import MaxNLocator
 
+    low, high = ax.get_xlim()
+    if ax.has_data() and high - low < 2:  # one epoch: integer ticks would fall back to 0.945...
+        middle = (low + high) / 2
+        ax.set_xlim(middle - 1, middle + 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
