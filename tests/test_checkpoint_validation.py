@@ -146,6 +146,14 @@ DAMAGES = {
         lambda meta, arrays: meta["trainer"]["best"].__setitem__("epoch", 5),
         "best.epoch is 5, after trainer.epoch 1",
     ),
+    "best weights without early stopping": (
+        lambda meta, arrays: arrays.__setitem__("best", dict(arrays["params"])),
+        "it holds best weights, but trainer.config.early_stopping is null",
+    ),
+    "stopped early without early stopping": (
+        _set("trainer", "stopped_early", True),
+        "it says it stopped early, but trainer.config.early_stopping is null",
+    ),
     "a zero scaling factor": (
         lambda meta, arrays: arrays["scaling"]["factor"].__setitem__(2, 0.0),
         "scaling/factor holds 0",
@@ -180,6 +188,21 @@ def test_the_untampered_checkpoint_loads(original):
     model, scaler, ckpt = xpmlp.load_model(original / "run")
     assert scaler.method == "standard" and ckpt["meta"]["trainer"]["epoch"] == 1
     assert model.layer_sizes == (4, 6, 3)
+
+
+def test_an_early_stopping_run_keeps_its_best_weights_or_is_refused(original, tmp_path):
+    data = np.load(original / "data.npz")
+    X = Scaler.fit(data["X"], "standard").transform(data["X"], np.float32)
+    xpmlp.fit(MLP([4, 6, 3], seed=1), X, data["y"], out=tmp_path / "run", epochs=2,
+              early_stopping=1, batch_size=16, verbose=False)  # fmt: skip
+    ckpt = checkpoint.load(tmp_path / "run")
+    assert ckpt["best"] is not None and ckpt["meta"]["trainer"]["best"]["epoch"] >= 1
+    meta = {key: value for key, value in ckpt["meta"].items() if key != "format"}
+    arrays = {group: ckpt[group] for group in GROUPS if group != "best"}
+    checkpoint.save(ckpt["path"], meta=meta, arrays=arrays)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(tmp_path / "run")
+    _assert_one_line(info, "best weights (best/...) are missing", str(ckpt["path"]))
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,7 @@ def _check(ckpt: dict) -> None:
     slots = _slots(ckpt["optimizer"], params)
     if meta.get("format") != 1:  # format 1 kept no training config; it is never resumed
         trainer = _section(meta, "trainer", TRAINER, optional=TRAINER_OPTIONAL, part=STATE)
-        _check_trainer(trainer, slots, params)
+        _check_trainer(trainer, slots, params, has_best=ckpt["best"] is not None)
     _check_scaling(meta, ckpt["scaling"], model)
     _check_classes(meta.get("classes"))
 
@@ -193,7 +193,7 @@ def _slots(optimizer: dict, params: dict) -> dict[str, set]:
     return slots
 
 
-def _check_trainer(trainer: dict | None, slots: dict, params: dict) -> None:
+def _check_trainer(trainer: dict | None, slots: dict, params: dict, *, has_best: bool) -> None:
     if trainer is None:
         return
     try:
@@ -209,6 +209,7 @@ def _check_trainer(trainer: dict | None, slots: dict, params: dict) -> None:
     best = _section(trainer, "best", BEST, part=STATE)
     if best["epoch"] > epoch:
         raise _Wrong(f"best.epoch is {best['epoch']}, after trainer.epoch {epoch}", STATE)
+    _check_early_stopping(config, best, stopped=trainer.get("stopped_early"), has_best=has_best)
     if (steps == 0) != (epoch == 0) or steps < epoch:
         raise _Wrong(
             f"trainer.optimizer_steps is {steps} after {epoch} epochs; every epoch takes at "
@@ -226,6 +227,20 @@ def _check_trainer(trainer: dict | None, slots: dict, params: dict) -> None:
                 + (" once it has stepped" if expected else ""),
                 STATE,
             )
+
+
+def _check_early_stopping(config: TrainConfig, best: dict, *, stopped, has_best: bool) -> None:
+    """Best weights are kept, from the first epoch on, only by a run with early stopping."""
+    if config.early_stopping is None:
+        if has_best or stopped:
+            what = "holds best weights" if has_best else "says it stopped early"
+            raise _Wrong(f"it {what}, but trainer.config.early_stopping is null", STATE)
+    elif has_best != (best["epoch"] > 0):
+        raise _Wrong(
+            f"best.epoch is {best['epoch']} but the best weights (best/...) are "
+            + ("there" if has_best else "missing"),
+            STATE,
+        )
 
 
 def _check_scaling(meta: dict, arrays: dict, model: dict | None) -> None:
