@@ -154,6 +154,10 @@ DAMAGES = {
         _set("trainer", "stopped_early", True),
         "it says it stopped early, but trainer.config.early_stopping is null",
     ),
+    "classes of two kinds": (
+        lambda meta, arrays: meta.__setitem__("classes", [-1, "1", 2]),
+        "classes must be a list of whole numbers, or of non-empty texts",
+    ),
     "a zero scaling factor": (
         lambda meta, arrays: arrays["scaling"]["factor"].__setitem__(2, 0.0),
         "scaling/factor holds 0",
@@ -188,6 +192,15 @@ def test_the_untampered_checkpoint_loads(original):
     model, scaler, ckpt = xpmlp.load_model(original / "run")
     assert scaler.method == "standard" and ckpt["meta"]["trainer"]["epoch"] == 1
     assert model.layer_sizes == (4, 6, 3)
+
+
+@pytest.mark.parametrize("classes", [[-1, 1, 7], ["cat", "dog", "eel"]])
+def test_distinct_classes_of_any_sign_or_text_are_accepted(original, tmp_path, classes):
+    from xpmlp.train.runs import classes_of
+
+    run, _ = _tampered(original, tmp_path, lambda meta, arrays: meta.update(classes=classes))
+    model, _, ckpt = xpmlp.load_model(run)
+    assert classes_of(ckpt, model).tolist() == classes
 
 
 def test_an_early_stopping_run_keeps_its_best_weights_or_is_refused(original, tmp_path):

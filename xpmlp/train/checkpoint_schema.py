@@ -278,10 +278,9 @@ def _check_classes(classes) -> None:
     if classes is None:
         return
     if not isinstance(classes, list) or not (
-        all(_is_int(c) and c >= 0 for c in classes)
-        or all(isinstance(c, str) and c for c in classes)
+        all(_is_int(c) for c in classes) or all(isinstance(c, str) and c for c in classes)
     ):
-        raise _Wrong("classes must be a list of whole numbers >= 0, or of non-empty texts")
+        raise _Wrong("classes must be a list of whole numbers, or of non-empty texts")
     seen = set()
     for label in classes:
         if label in seen:
