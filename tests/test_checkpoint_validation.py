@@ -120,7 +120,7 @@ DAMAGES = {
     ),
     "a step counter of 0 after an epoch": (
         _set("trainer", "optimizer_steps", 0),
-        "optimizer_steps is 0 after 1 epochs",
+        "optimizer_steps is 0 after 1 epoch; every epoch takes at least one step",
     ),
     "a step counter with no optimizer state": (
         _steps_without_moments,

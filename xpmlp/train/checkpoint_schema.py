@@ -212,7 +212,8 @@ def _check_trainer(trainer: dict | None, slots: dict, params: dict, *, has_best:
     _check_early_stopping(config, best, stopped=trainer.get("stopped_early"), has_best=has_best)
     if (steps == 0) != (epoch == 0) or steps < epoch:
         raise _Wrong(
-            f"trainer.optimizer_steps is {steps} after {epoch} epochs; every epoch takes at "
+            f"trainer.optimizer_steps is {steps} after {epoch} epoch{'s' * (epoch != 1)}; "
+            "every epoch takes at "
             "least one step",
             STATE,
         )
