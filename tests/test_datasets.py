@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import http.server
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,31 @@ def test_read_idx_rejects_corrupt_gzip(tmp_path, mangle):
     path.write_bytes(mangle(gzip.compress(_idx_bytes(np.arange(200, dtype=np.uint8)))))
     with raises_one_line(DataError, path):
         read_idx(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_refuses_a_header_larger_than_the_file_before_reading(tmp_path, gz):
+    # 7 GiB declared: under MAX_IDX_BYTES, so only the file's own size can refuse it (the payload
+    # was read with read(expected + 1), which allocated all of it first)
+    data = bytes([0, 0, 0x08, 2]) + (7).to_bytes(4, "big") + (2**30).to_bytes(4, "big") + b"ab"
+    path = tmp_path / ("big.idx.gz" if gz else "big.idx")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    holds = "a gzip file of" if gz else "the file holds after its header (2)"
+    with raises_one_line(DataError, "truncated IDX file", path, "7,516,192,768", holds):
+        read_idx(path)
+
+
+def test_read_idx_reads_a_payload_of_many_pieces(tmp_path, monkeypatch):
+    from xpmlp.data import idx
+
+    monkeypatch.setattr(idx, "CHUNK_BYTES", 7)
+    array = np.arange(200, dtype=np.uint8).reshape(8, 25)
+    for name in ("a.idx", "a.idx.gz"):
+        write_idx(tmp_path / name, array)
+        np.testing.assert_array_equal(read_idx(tmp_path / name), array)
+    (tmp_path / "long.idx").write_bytes(_idx_bytes(GOOD_LABELS) + b"\x00" * 20)
+    with raises_one_line(DataError, "trailing bytes"):
+        read_idx(tmp_path / "long.idx")
 
 
 def test_read_idx_missing_file(tmp_path):
@@ -509,6 +535,26 @@ def test_load_npz_that_is_really_npy(tmp_path):
     (tmp_path / "one.npy").rename(tmp_path / "one.npz")
     with raises_one_line(DataError, "single array", tmp_path / "one.npz"):
         load_arrays(tmp_path / "one.npz")
+
+
+def test_load_npz_member_claiming_more_than_the_archive_holds(tmp_path):
+    # The zip directory says the member unpacks to 2 GiB, its .npy header agrees and its CRC
+    # matches the few bytes really there: refused from the sizes alone, before numpy allocates
+    # the array the header declares.
+    np.savez(tmp_path / "lie.npz", X=np.zeros((2, 2)), y=np.zeros(2))
+    data = bytearray((tmp_path / "lie.npz").read_bytes())
+    start = data.index(b"\x93NUMPY")  # the first member's .npy bytes (stored, not compressed)
+    header = data.index(b"{", start), data.index(b"\n", start)
+    stop = header[1] + 1 + 4 * 8  # the header's end, then the 2 x 2 float64 values
+    text = "{'descr':'<f8','fortran_order':False,'shape':(268435456,)}"
+    data[header[0] : header[1]] = text.encode().ljust(header[1] - header[0])
+    crc = zlib.crc32(bytes(data[start:stop])).to_bytes(4, "little")
+    central = data.index(b"PK\x01\x02")  # the first member's entry in the zip directory
+    data[14:18] = data[central + 16 : central + 20] = crc  # local header and directory agree
+    data[central + 24 : central + 28] = (2**31).to_bytes(4, "little")  # its unpacked size
+    (tmp_path / "lie.npz").write_bytes(bytes(data))
+    with raises_one_line(DataError, "X.npy in", "claims 2,147,483,648 bytes", "corrupt"):
+        load_arrays(tmp_path / "lie.npz")
 
 
 CSV_GOOD = 'a,label,b\n1,0,2.5\n\n3,2,"4"\n-1e3,1,0\n'

@@ -246,8 +246,9 @@ def test_interrupt_during_evaluation_keeps_the_last_completed_epoch(tmp_path, pr
 def test_load_model_names_a_malformed_checkpoint(tmp_path):
     from xpmlp.train import checkpoint
 
+    params = {"layers.0.weight": np.zeros((2, 2)), "layers.0.bias": np.zeros(2)}
     checkpoint.save(tmp_path / "c.npz", meta={"model": {"layer_sizes": [2, 2], "colour": 1}},
-                    arrays={})  # fmt: skip
+                    arrays={"params": params})  # fmt: skip
     with pytest.raises(CheckpointError, match="malformed model config"):
         load_model(tmp_path / "c.npz")
 

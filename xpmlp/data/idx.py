@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
+import stat
 import zlib
 from pathlib import Path
 
@@ -14,6 +16,9 @@ from ..errors import DataError
 # Larger than any IDX dataset, and than half the memory of a small machine: a header claiming
 # more is corrupt or hostile, and is refused before anything is decompressed or allocated.
 MAX_IDX_BYTES = 8 * 2**30
+# Deflate's best case is 1032:1, so a gzip file of n bytes holds at most about 1032 * n.
+MAX_GZIP_RATIO = 1100
+CHUNK_BYTES = 2**24  # the payload is read in pieces: memory grows only with bytes really there
 
 # IDX type code -> on-disk dtype (IDX stores every multi-byte value big-endian).
 IDX_DTYPES = {
@@ -55,16 +60,21 @@ def read_idx(path) -> np.ndarray:
         raw.seek(0)
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
         try:
-            return _read_idx_stream(stream, path)
+            return _read_idx_stream(stream, path, _file_size(raw), compressed)
         except (OSError, EOFError, zlib.error) as err:
             if compressed:
                 raise DataError(f"corrupt gzip stream in {path}: {err}") from None
             raise DataError(f"cannot read {path}: {err}") from None
 
 
-def _read_idx_stream(stream, path) -> np.ndarray:
+def _file_size(raw) -> int | None:
+    found = os.fstat(raw.fileno())
+    return found.st_size if stat.S_ISREG(found.st_mode) else None
+
+
+def _read_idx_stream(stream, path, file_size: int | None, compressed: bool) -> np.ndarray:
     """Header first; the payload is read (and decompressed) only up to the size it declares, and
-    only once that size is known to fit in memory."""
+    only once that size is known to fit in memory and in the file (of ``file_size`` bytes)."""
     head = stream.read(4)
     if len(head) < 4:
         raise DataError(f"not an IDX file: {path} has only {len(head)} bytes after decompression")
@@ -88,7 +98,8 @@ def _read_idx_stream(stream, path) -> np.ndarray:
             f"IDX header of {path} declares {dims} of {dtype.name}: {expected / 2**30:.3g} GiB, "
             f"more than the {MAX_IDX_BYTES / 2**30:.3g} GiB an IDX file may hold here"
         )
-    data = stream.read(expected + 1)  # one byte more tells a longer payload from an exact one
+    _check_room(path, dims, dtype, expected, file_size, compressed)
+    data = _read_at_most(stream, expected + 1)  # one more tells a longer payload from an exact one
     found = len(data)
     if found != expected:
         what = "truncated" if found < expected else "trailing bytes in"
@@ -99,6 +110,34 @@ def _read_idx_stream(stream, path) -> np.ndarray:
         )
     flat = np.frombuffer(data, dtype=dtype)
     return flat.astype(dtype.newbyteorder("=")).reshape(dims)
+
+
+def _check_room(path, dims, dtype, expected: int, file_size: int | None, compressed: bool):
+    """Refuse a payload larger than the file can hold, before reading it."""
+    if file_size is None:  # not a regular file: the read itself is bounded
+        return
+    if compressed:
+        room, holds = file_size * MAX_GZIP_RATIO, f"a gzip file of {file_size:,} bytes can hold"
+    else:
+        room = file_size - 4 - 4 * len(dims)
+        holds = "the file holds after its header"
+    if expected > room:
+        raise DataError(
+            f"truncated IDX file {path}: header {dims} of {dtype.name} needs {expected:,} data "
+            f"bytes, more than {holds} ({room:,})"
+        )
+
+
+def _read_at_most(stream, size: int) -> bytes:
+    """Up to ``size`` bytes, read in pieces (``read(size)`` would allocate ``size`` at once)."""
+    pieces, left = [], size
+    while left > 0:
+        piece = stream.read(min(left, CHUNK_BYTES))
+        if not piece:
+            break
+        pieces.append(piece)
+        left -= len(piece)
+    return b"".join(pieces)
 
 
 def write_idx(path, array) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..errors import ConfigError, DataError
 from .inputs import check_finite, check_labels, check_rows, first_nonfinite_row
 
 MAX_ARRAY_BYTES = 16 * 2**30  # a user array declaring more is refused before allocation
+MAX_ZIP_RATIO = 1100  # deflate's best case is 1032:1; a member claiming more is corrupt
 
 
 def load_arrays(path, *, label_column="label") -> tuple[np.ndarray, np.ndarray]:
@@ -96,11 +98,18 @@ def check_features(X: np.ndarray, *, where: str) -> np.ndarray:
     return X
 
 
-def read_npz(path: Path, wanted) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The names of all arrays in a ``.npz`` archive, and the ``wanted`` ones that are present.
+def read_npz(path: Path, wanted=None, *, max_bytes=MAX_ARRAY_BYTES):
+    """The names of all arrays in a ``.npz`` archive, and the ``wanted`` ones that are present
+    (every one when ``wanted`` is None).
 
     Each member's ``.npy`` header is read first: an object dtype, a size larger than the member
-    holds, or one beyond :data:`MAX_ARRAY_BYTES` is refused before anything is allocated.
+    holds, or one beyond ``max_bytes`` (an int, or a function of the array's name) is refused
+    before anything is allocated, and so is a member larger than the archive could hold.
+
+    Returns
+    -------
+    names : list of str
+    arrays : dict of str to array
     """
     try:
         with path.open("rb") as file:
@@ -109,10 +118,12 @@ def read_npz(path: Path, wanted) -> tuple[list[str], dict[str, np.ndarray]]:
             file.seek(0)
             with zipfile.ZipFile(file) as archive:
                 members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+                room = os.fstat(file.fileno()).st_size
                 arrays = {}
-                for name in wanted:
+                for name in members if wanted is None else wanted:
                     if name in members:
-                        arrays[name] = _read_npy_member(archive, members[name], path)
+                        limit = max_bytes(name) if callable(max_bytes) else max_bytes
+                        arrays[name] = _read_npy_member(archive, members[name], path, room, limit)
                 return list(members), arrays
     except DataError:
         raise
@@ -120,10 +131,17 @@ def read_npz(path: Path, wanted) -> tuple[list[str], dict[str, np.ndarray]]:
         raise DataError(f"cannot read {path} as .npz: {err}") from None
 
 
-def _read_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+def _read_npy_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, room: int, limit: int
+) -> np.ndarray:
     where = f"{info.filename} in {path}"
     if not info.filename.endswith(".npy"):
         raise DataError(f"{where} is not a .npy array")
+    if info.compress_size > room or info.file_size > max(info.compress_size, 1) * MAX_ZIP_RATIO:
+        raise DataError(
+            f"{where} claims {info.file_size:,} bytes from {info.compress_size:,} compressed, "
+            f"in an archive of {room:,} bytes; the archive is corrupt"
+        )
     with archive.open(info) as member:
         version = np.lib.format.read_magic(member)
         if version == (1, 0):
@@ -133,11 +151,11 @@ def _read_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path
     if dtype.hasobject:
         raise DataError(f"cannot read {where}: it holds Python objects; xpmlp reads numbers only")
     size = math.prod(shape) * dtype.itemsize
-    if size > min(info.file_size, MAX_ARRAY_BYTES):
+    if size > min(info.file_size, limit):
         raise DataError(
             f"{where} declares shape {shape} of {dtype} ({size:,} bytes) but "
             + (f"holds only {info.file_size:,}" if size > info.file_size else
-               f"the limit is {MAX_ARRAY_BYTES:,}")
+               f"the limit is {limit:,}")
         )  # fmt: skip
     with archive.open(info) as member:
         return np.lib.format.read_array(member, allow_pickle=False)

@@ -2,8 +2,9 @@
 
 ``config``: every setting with its default and check; ``trainer``: the :class:`Trainer` and its
 step; ``fitdata``: the checks of a fit's data; ``fitting``: :func:`fit` and resuming;
-``runs``: the run directory and its lock; ``checkpoint``: atomic ``.npz`` checkpoints;
-``metrics``: evaluation; ``health``: training health and its notes; ``reporting``: progress,
+``runs``: the run directory and its lock; ``checkpoint``: atomic ``.npz`` checkpoints, read
+bounded; ``checkpoint_schema``: what a checkpoint must hold, checked before use; ``metrics``:
+evaluation; ``health``: training health and its notes; ``reporting``: progress,
 metrics.jsonl, curves.png; ``signals``: Ctrl-C and SIGTERM at step boundaries;
 ``distributed``: MPI data parallelism; ``prepare``: the command line's data, loaded and scaled.
 

@@ -23,17 +23,22 @@ from __future__ import annotations
 
 import json
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..data.userdata import MAX_ARRAY_BYTES, read_npz
+from ..errors import CheckpointError, DataError
 from ..files import write_atomic
+from . import checkpoint_schema
+from .checkpoint_schema import GROUPS
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 _NAME = re.compile(r"^checkpoint-epoch-(\d+)\.npz$")
+# The JSON header of a 10,000-epoch run of a 10-layer network is about 20 MB, and nests 6 deep.
+MAX_META_BYTES = 64 * 2**20
+MAX_JSON_DEPTH = 64
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -64,59 +69,100 @@ def save(path, *, meta: dict, arrays: dict[str, dict[str, np.ndarray] | None]) -
 
 
 def load(path) -> dict:
-    """Read a checkpoint written by :func:`save`.
+    """Read a checkpoint written by :func:`save`, bounded and checked before anything uses it.
+
+    Every member's size is read from its ``.npy`` header and refused beyond
+    :data:`MAX_ARRAY_BYTES` (the JSON header beyond :data:`MAX_META_BYTES`, or nested deeper than
+    :data:`MAX_JSON_DEPTH`) before it is allocated; then the header and the arrays are checked
+    against each other (:func:`xpmlp.train.checkpoint_schema.check`).
 
     Returns
     -------
     dict
-        ``meta`` (the JSON header) and one dict of NumPy arrays per group.
+        ``meta`` (the JSON header), ``path``, and one dict of NumPy arrays per group
+        (``best`` is None when the checkpoint keeps no best weights).
 
     Raises
     ------
     CheckpointError
-        If the file is missing, not a checkpoint, or corrupt.
+        If the file is missing, not a checkpoint, corrupt, too large, or inconsistent; one line
+        naming the file and what is wrong.
     """
     path = resolve(path)
     try:
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
-            flat = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+        _, flat = read_npz(path, max_bytes=_budget)
+    except DataError as exc:  # the message names the file and the member
+        raise CheckpointError(str(exc)) from None
     if "meta" not in flat:
         raise CheckpointError(f"{path} is not an xpmlp checkpoint (no meta entry)")
-    try:
-        meta = json.loads(flat.pop("meta").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} has a corrupt meta entry: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointError(
-            f"{path} has checkpoint format {found}; this xpmlp reads formats "
-            f"{', '.join(map(str, READABLE_FORMATS))}"
-        )
+    meta = _parse_meta(flat.pop("meta"), path)
     if meta["format"] == 1:
         meta = _upgrade_format_1(meta)
-    result: dict = {
-        "meta": meta,
-        "path": path,
-        "params": {},
-        "optimizer": {},
-        "best": None,
-        "scaling": {},
-    }
+    result: dict = {"meta": meta, "path": path, "best": None}
+    result.update({group: {} for group in GROUPS if group != "best"})
     for key, value in flat.items():
         group, _, name = key.partition("/")
+        if group not in GROUPS or not name:
+            raise CheckpointError(f"{path} holds an array {key!r} that no checkpoint has")
         if group == "best" and result["best"] is None:
             result["best"] = {}
-        result.setdefault(group, {})[name] = value
+        result[group][name] = value
+    checkpoint_schema.check(result)
     return result
+
+
+def _budget(member: str) -> int:
+    return MAX_META_BYTES if member == "meta" else MAX_ARRAY_BYTES
+
+
+def _parse_meta(entry: np.ndarray, path: Path) -> dict:
+    """The JSON header, refused when it is not JSON text, nests too deep, or has no known format."""
+    if entry.dtype != np.uint8 or entry.ndim != 1:
+        raise CheckpointError(
+            f"{path} has a meta entry of {entry.dtype} values, shape {entry.shape}; expected "
+            "JSON text (uint8)"
+        )
+    try:
+        meta = json.loads(entry.tobytes().decode())
+        depth = json_depth(meta)
+    except RecursionError:  # raised by the parser, before any memory runs out
+        depth = None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} has a corrupt meta entry, not JSON text: {exc}") from None
+    if depth is None or depth > MAX_JSON_DEPTH:
+        raise CheckpointError(
+            f"{path} has a meta entry nested {depth or 'thousands of'} levels deep; a "
+            f"checkpoint's nests at most {MAX_JSON_DEPTH}"
+        )
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has a meta entry that is a JSON {type(meta).__name__}, "
+                              "not an object")  # fmt: skip
+    found = meta.get("format")
+    if isinstance(found, bool) or found not in READABLE_FORMATS:
+        raise CheckpointError(
+            f"{path} has checkpoint format {found!r:.40}; this xpmlp reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}"
+        )
+    return meta
+
+
+def json_depth(value) -> int:
+    """How deep the lists and dicts of a parsed JSON value nest, counted without recursion."""
+    deepest, stack = 0, [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _upgrade_format_1(meta: dict) -> dict:
     """Format 1 named the model's L2 penalty ``weight_decay``; it kept no training config."""
-    model = dict(meta.get("model") or {})
-    if "weight_decay" in model:
-        model["l2"] = model.pop("weight_decay")
+    model = meta.get("model")
+    if isinstance(model, dict) and "weight_decay" in model:
+        model = {**model, "l2": model["weight_decay"]}
+        del model["weight_decay"]
     return {**meta, "model": model}
 
 
