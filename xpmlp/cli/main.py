@@ -25,7 +25,7 @@ def cmd_doctor(args) -> int:
     settings = {key: getattr(args, key) for key in ("activation", "labels", "output", "bias",
                                                     "layout", "bias_layout", "returns", "lr")}  # fmt: skip
     reports = check_file(args.file, grads=args.grads, forward=args.forward, loss=args.loss,
-                         layer_sizes=args.layer_sizes, **settings)  # fmt: skip
+                         layer_sizes=args.layer_sizes, timeout=args.timeout, **settings)  # fmt: skip
     for name, report in reports.items():
         print(f"{name}: {report}")
     return 0 if all(report.ok for report in reports.values()) else 1
