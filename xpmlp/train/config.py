@@ -157,9 +157,6 @@ class TrainConfig(_Settings):
         _integer("checkpoint_every", self.checkpoint_every, 1)
         _integer("keep_checkpoints", self.keep_checkpoints, 1)
         _integer("grad_shards", self.grad_shards, 1)
-        if self.grad_shards > self.batch_size:
-            raise ConfigError(f"grad_shards ({self.grad_shards}) must be at most batch_size "
-                              f"({self.batch_size}): each slice of a batch needs a sample")  # fmt: skip
 
 
 @dataclass(frozen=True)
