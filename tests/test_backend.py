@@ -370,3 +370,34 @@ def test_strict_backend_is_on_a_non_default_device_in_its_strictest_mode(backend
     on_device = backend.xp.zeros(3, device=backend.device)
     with pytest.raises(ValueError, match="different devices"):
         default + on_device
+
+
+# ---------------------------------------------------------------------- memory limits
+
+
+def test_the_smallest_memory_limit_wins_and_is_named(tmp_path, monkeypatch):
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    v2.write_text("max\n")  # cgroup v2 without a limit
+    v1.write_text(f"{2**30}\n")
+    monkeypatch.setattr(backend_module, "CGROUP_MEMORY_FILES", (str(v2), str(v1)))
+    size, name = backend_module.memory_limit()
+    assert size == 2**30 and name == f"the cgroup memory limit ({v1})"
+    v2.write_text(f"{2**29}\n")
+    assert backend_module.memory_limit() == (2**29, f"the cgroup memory limit ({v2})")
+
+
+def test_without_a_cgroup_limit_physical_memory_or_rlimit_as_is_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(backend_module, "CGROUP_MEMORY_FILES", (str(tmp_path / "absent"),))
+    size, name = backend_module.memory_limit()
+    assert size <= backend_module.host_memory_bytes()
+    assert name in ("this machine's memory", "the address-space limit RLIMIT_AS (ulimit -v)")
+
+
+def test_a_large_network_is_refused_naming_the_cgroup_limit(tmp_path, monkeypatch):
+    from xpmlp.data.inputs import check_layer_sizes
+
+    (tmp_path / "memory.max").write_text(f"{2**30}\n")
+    monkeypatch.setattr(backend_module, "CGROUP_MEMORY_FILES", (str(tmp_path / "memory.max"),))
+    assert check_layer_sizes([784, 300, 10]) == (784, 300, 10)
+    with pytest.raises(ConfigError, match=r"the cgroup memory limit \(.*memory.max\) is 1.0 GiB"):
+        check_layer_sizes([784, 10000, 10000, 10])

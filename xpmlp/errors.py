@@ -10,6 +10,14 @@ def install_hint(requirement: str, extra: str) -> str:
     return f'pip install "{requirement}" (in an xpmlp checkout: pip install ".[{extra}]")'
 
 
+def in_words(exc: BaseException) -> str:
+    """An error's message in words, for a message that names the file itself: an OSError's
+    ``[Errno 28] No space left on device: '.tmp-x1y2'`` becomes ``no space left on device``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc)
+
+
 class XpmlpError(Exception):
     """Base class for every error a user can cause with bad input."""
 

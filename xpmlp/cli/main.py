@@ -6,13 +6,15 @@ Every user error (bad flag, file, shape, label, NaN) ends as one line on stderr 
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
+from pathlib import Path
 
 from ..backend import get_backend
 from ..doctor import check_file
-from ..errors import XpmlpError
+from ..errors import XpmlpError, in_words
 from ..train.distributed import launched_rank
 from ..train.runs import versions
 from .parser import build_parser
@@ -25,7 +27,7 @@ def cmd_doctor(args) -> int:
     settings = {key: getattr(args, key) for key in ("activation", "labels", "output", "bias",
                                                     "layout", "bias_layout", "returns", "lr")}  # fmt: skip
     reports = check_file(args.file, grads=args.grads, forward=args.forward, loss=args.loss,
-                         layer_sizes=args.layer_sizes, **settings)  # fmt: skip
+                         layer_sizes=args.layer_sizes, timeout=args.timeout, **settings)  # fmt: skip
     for name, report in reports.items():
         print(f"{name}: {report}")
     return 0 if all(report.ok for report in reports.values()) else 1
@@ -39,6 +41,27 @@ def cmd_device(args) -> int:
     for name, version in versions().items():
         print(f"  {name} {version}")
     return 0
+
+
+FIXES = {
+    errno.ENOSPC: "free some space and run the command again",
+    errno.EDQUOT: "free some space and run the command again",
+    errno.EACCES: "check its permissions, or choose another path",
+    errno.EPERM: "check its permissions, or choose another path",
+    errno.EROFS: "choose a path on a writable file system",
+    errno.EEXIST: "choose another path, or remove what is there",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """An OSError in words, naming the file (not a temporary one beside it) and the fix."""
+    path = exc.filename
+    if path is not None and Path(path).name.startswith(".tmp-"):
+        path = Path(path).parent  # a temporary file: the directory it was written in
+    message = in_words(exc) if path is None else f"{path}: {in_words(exc)}"
+    fix = FIXES.get(exc.errno)
+    return f"{message}; {fix}" if fix else message
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
@@ -57,7 +80,7 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except OSError as exc:
-        print(f"xpmlp: error: {exc}", file=sys.stderr)
+        print(f"xpmlp: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print("xpmlp: interrupted", file=sys.stderr)

@@ -12,6 +12,7 @@ from .._version import __version__
 from ..core.model import MLP
 from ..core.ops import ACTIVATIONS
 from ..core.optim import OPTIMIZERS, SCHEDULES
+from ..doctor.userfile import TIMEOUT_S
 from ..errors import ConfigError
 from ..train.config import DataConfig, TrainConfig
 from ..train.distributed import REDUCTIONS
@@ -34,6 +35,16 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number; got {text}")
     return value
 
 
@@ -182,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_cmd.add_argument("--layout", choices=("rows", "columns"), help="rows: X (samples, features), W (fan_in, fan_out); columns: X (features, samples), W (fan_out, fan_in) (default: the file's LAYOUT, or rows)")
     doctor_cmd.add_argument("--bias-layout", choices=("separate", "folded_first", "folded_last"), help="biases in their own list, or folded into W as its first/last row (column) (default: the file's BIAS_LAYOUT, or separate)")
     doctor_cmd.add_argument("--returns", choices=("gradient", "update", "updated"), help="your grads returns the gradient, the step it adds (-lr * gradient), or the weights after it (default: the file's RETURNS, or gradient)")
+    doctor_cmd.add_argument("--timeout", type=positive_number, default=TIMEOUT_S, metavar="SECONDS", help="your file runs in a child process; stop it after this long")
     doctor_cmd.add_argument("--lr", type=float, help="the learning rate of --returns update/updated (default: the file's LR, or 1)")
     # fmt: on
 

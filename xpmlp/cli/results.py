@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -45,7 +46,11 @@ def cmd_evaluate(args) -> int:
     check_rows(X, y, where=args.dataset)
     X = scaled_input(X, scaler, model, where=f"{args.dataset}")
     y = encode_labels(y, classes, where=f"the labels of {args.dataset}")
-    metrics = evaluate(model, X, y)
+    with np.errstate(all="ignore"):  # inputs that overflow the model: said below, in words
+        metrics = evaluate(model, X, y)
+    if not math.isfinite(metrics["loss"]):
+        print(f"xpmlp: warning: the loss on {args.dataset} is {metrics['loss']}: its inputs "
+              "overflow the model's float range", file=sys.stderr)  # fmt: skip
     confusion = metrics["confusion_matrix"]
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     names = class_names_of(ckpt, classes, dataset=args.dataset if data.builtin else None)
@@ -55,8 +60,8 @@ def cmd_evaluate(args) -> int:
         "class_names": names,
         "per_class_accuracy": per_class.tolist(), "confusion_matrix": confusion.tolist(),
     }  # fmt: skip
-    if args.json:
-        print(json.dumps(result))
+    if args.json:  # strict JSON: a NaN loss (an overflowing model) is null
+        print(json.dumps(finite_or_none(result), allow_nan=False))
         return 0
     print(f"{result['checkpoint']} on {args.dataset} ({len(y)} samples): "
           f"loss {metrics['loss']:.4f}  accuracy {metrics['accuracy']:.4f}")  # fmt: skip
@@ -70,11 +75,27 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def finite_or_none(value):
+    """``value`` with every NaN or infinite float inside it (dicts, lists) replaced by None."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def cmd_predict(args) -> int:
     model, scaler, ckpt = load_model(args.checkpoint, device=get_backend(args.device))
     classes = classes_of(ckpt, model)
     X = scaled_input(userdata.load_features(args.input), scaler, model, where=str(args.input))
-    probabilities = to_numpy(model.predict_proba(X))
+    with np.errstate(all="ignore"):
+        probabilities = to_numpy(model.predict_proba(X))
+    if not np.isfinite(probabilities).all():
+        row = int(np.argmin(np.isfinite(probabilities).all(axis=1)))
+        raise DataError(f"the model's outputs for row {row} of {args.input} are not finite: its "
+                        "inputs overflow the model's float range; check their scale")  # fmt: skip
     index = probabilities.argmax(axis=1)
     labels = classes[index]  # in the labels' own values
     names = class_names_of(ckpt, classes)
@@ -89,20 +110,55 @@ def cmd_predict(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    runs = {}
-    for name in args.runs:
-        path = Path(name) / "metrics.jsonl"
-        if not path.is_file():
-            raise DataError(f"{name} is not a run directory (no metrics.jsonl)")
-        try:
-            runs[name] = [json.loads(line) for line in path.read_text().splitlines() if line]
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not JSON lines: {exc}") from None
-        if not any(record.get(args.metric) is not None for record in runs[name]):
-            raise DataError(f"{path} has no values of {args.metric!r}")
-    if not reporting.plot_runs(runs, args.metric, args.output):
+    runs = {name: _records(Path(name), args.metric) for name in args.runs}
+    try:
+        drawn = reporting.plot_runs(runs, args.metric, args.output)
+    except (ValueError, OverflowError) as exc:  # values matplotlib cannot lay out (1e308)
+        raise DataError(f"cannot plot {args.metric} of {', '.join(args.runs)}: {exc}") from None
+    if not drawn:
         raise ConfigError(
             f"xpmlp plot needs matplotlib: {install_hint('matplotlib>=3.11', 'plot')}"
         )
     print(f"wrote {args.output}")
     return 0
+
+
+def _records(run: Path, metric: str) -> list[dict]:
+    """A run's metrics.jsonl, each line checked: an integer epoch, ``metric`` a finite number."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"{run} is not a run directory (no metrics.jsonl)")
+    if path.stat().st_size > MAX_METRICS_BYTES:
+        raise DataError(f"{path} is {path.stat().st_size:,} bytes, more than a run writes "
+                        f"({MAX_METRICS_BYTES:,} at most); is it a metrics file?")  # fmt: skip
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except (json.JSONDecodeError, RecursionError):
+            raise DataError(f"line {number} of {path} is not JSON") from None
+        if record is None:
+            continue
+        epoch, value = (record.get("epoch"), record.get(metric)) if isinstance(record, dict) else (None, None)  # fmt: skip
+        if not isinstance(record, dict) or not _is_number(epoch, integer=True):
+            raise DataError(f"line {number} of {path} has no integer epoch")
+        if value is not None and not _is_number(value):
+            raise DataError(f"{metric} on line {number} of {path} is {_excerpt(value)}; expected a "
+                            "finite number")  # fmt: skip
+        records.append(record)
+    if not any(record.get(metric) is not None for record in records):
+        raise DataError(f"{path} has no values of {metric!r}")
+    return records
+
+
+MAX_METRICS_BYTES = 256 * 2**20
+
+
+def _is_number(value, *, integer: bool = False) -> bool:
+    kind = int if integer else (int, float)
+    return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _excerpt(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."

@@ -350,7 +350,11 @@ class Schedule:
         if step < self.warmup_steps:
             return self.base_lr * (step + 1) / self.warmup_steps
         if self.kind == "step":
-            return self.base_lr * self.gamma ** (step // (self.step_epochs * self.steps_per_epoch))
+            periods = step // (self.step_epochs * self.steps_per_epoch)
+            try:
+                return self.base_lr * self.gamma**periods
+            except OverflowError:  # gamma > 1 grown past the largest float: training says so
+                return math.inf
         if self.kind == "cosine":
             total = self.epochs * self.steps_per_epoch - self.warmup_steps
             progress = min(1.0, (step - self.warmup_steps) / max(1, total))

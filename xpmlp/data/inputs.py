@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import host_memory_bytes, to_numpy
+from ..backend import memory_limit, to_numpy
 from ..errors import CheckpointError, ConfigError, DataError
 
 MAX_LABEL = 2**31 - 1  # a label beyond this is surely a mistake
@@ -304,6 +304,10 @@ def check_labels_on(xp, y, n_classes: int):
 BYTES_PER_PARAMETER = 8 + 5 * 8
 
 
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB" if size < 10 * 2**30 else f"{size / 2**30:,.0f} GiB"
+
+
 def check_layer_sizes(layer_sizes) -> tuple[int, ...]:
     """``(n_inputs, hidden..., n_outputs)`` as ints, refused when a run could not fit in memory."""
     sizes = tuple(layer_sizes)
@@ -311,11 +315,11 @@ def check_layer_sizes(layer_sizes) -> tuple[int, ...]:
         raise ConfigError(f"layer_sizes must be at least two positive integers; got {list(sizes)}")
     sizes = tuple(int(s) for s in sizes)
     n_params = sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
-    memory = host_memory_bytes()
-    if memory is not None and n_params * BYTES_PER_PARAMETER > memory:
+    limit = memory_limit()
+    if limit is not None and n_params * BYTES_PER_PARAMETER > limit[0]:
         raise ConfigError(
             f"layer sizes {list(sizes)} make {n_params:,} parameters, about "
-            f"{n_params * BYTES_PER_PARAMETER / 2**30:,.0f} GiB to train; this machine has "
-            f"{memory / 2**30:,.0f} GiB"
+            f"{_gib(n_params * BYTES_PER_PARAMETER)} to train; {limit[1]} is "
+            f"{_gib(limit[0])}; use smaller layers"
         )
     return sizes

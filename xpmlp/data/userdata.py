@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 import math
 import os
+import stat
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, in_words
 from .inputs import check_finite, check_labels, check_rows, first_nonfinite_row
 
 MAX_ARRAY_BYTES = 16 * 2**30  # a user array declaring more is refused before allocation
@@ -49,8 +50,7 @@ def load_arrays(path, *, label_column="label") -> tuple[np.ndarray, np.ndarray]:
         If the file is missing or malformed; the message names the row or line at fault.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no such file: {path}")
+    check_regular_file(path)
     if path.suffix == ".npz":
         return _load_npz(path)
     if path.suffix == ".csv":
@@ -78,12 +78,28 @@ def _load_npz(path: Path):
 def load_features(path) -> np.ndarray:
     """The array ``X`` of a ``.npz`` file, checked as :func:`check_features` checks it."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist")
+    check_regular_file(path, missing=f"input file {path} does not exist")
     names, arrays = read_npz(path, ("X",))
     if "X" not in arrays:
         raise DataError(f"{path} has no array named X (it has {', '.join(names) or 'none'})")
     return check_features(arrays["X"], where=str(path))
+
+
+def check_regular_file(path, *, missing: str | None = None) -> None:
+    """Refuse, in words, a data file that is missing, a directory, or no regular file (a FIFO,
+    a device such as /dev/zero, a socket), before anything opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(missing or f"no such file: {path}") from None
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {in_words(err)}") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path} is a directory; pass a .npz or .csv file")
+    if not stat.S_ISREG(mode):
+        kind = ("a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device")  # fmt: skip
+        raise DataError(f"{path} is not a regular file but {kind}; pass a .npz or .csv file")
 
 
 def check_features(X: np.ndarray, *, where: str) -> np.ndarray:
@@ -128,7 +144,7 @@ def read_npz(path: Path, wanted=None, *, max_bytes=MAX_ARRAY_BYTES):
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise DataError(f"cannot read {path} as .npz: {err}") from None
+        raise DataError(f"cannot read {path} as .npz: {in_words(err)}") from None
 
 
 def _read_npy_member(
@@ -198,7 +214,7 @@ def _read_csv(path: Path) -> tuple[list[list[str]], list[int]]:
                     rows.append(row)
                     lines.append(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot read {path} as CSV: {err}") from None
+        raise DataError(f"cannot read {path} as CSV: {in_words(err)}") from None
     if not rows:
         raise DataError(f"{path} is empty; expected a header row or data")
     return rows, lines

@@ -3,7 +3,8 @@
 :func:`check_gradients` compares the user's ``grads(weights, biases, X, Y)`` with xpmlp's float64
 backward pass on the same weights and names the bug; :func:`check_forward` does the same for
 ``forward(weights, biases, X)``; :func:`check_batches` finds X and y shuffled apart;
-:func:`check_file` runs all that apply to a user's file (``xpmlp doctor FILE``).
+:func:`check_file` runs all that apply to a user's file (``xpmlp doctor FILE``), in a child process
+(:mod:`xpmlp.doctor.child`) with a timeout.
 
 Imports from: xpmlp.errors, xpmlp.backend, xpmlp.core.
 """

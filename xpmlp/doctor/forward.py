@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..core import ops
-from .layouts import Layout, user_arguments
+from .layouts import Layout, described, user_arguments
 from .reference import FLOORED_RELU, Probe, forward, make_probe
 from .report import Finding, Report, close, relative_error
 
@@ -45,20 +45,32 @@ def check_forward(
     for probe in (base, _scaled(base, 1e3), _shifted(base)):
         try:
             with np.errstate(all="ignore"):
-                got = _call(forward_fn, probe, shape)
+                result = _call(forward_fn, probe, shape)
         except Exception as exc:
             return Report([Finding("crashed", f"forward raised {type(exc).__name__}: {exc}")],
                           "forward pass")  # fmt: skip
+        got = _as_array(result, shape)
+        if got is None:
+            return Report([Finding("unreadable_return", f"forward returned {described(result)}; "
+                                   "expected an array of shape (samples, outputs)")], "forward pass")  # fmt: skip
         finding = _finding(got, probe, returns, large=probe is not base)
         if finding is not None:
             return Report([finding], "forward pass")
     return Report(subject="forward pass")
 
 
-def _call(forward_fn, probe: Probe, shape: Layout) -> np.ndarray:
+def _call(forward_fn, probe: Probe, shape: Layout):
     weights, biases, X, _ = user_arguments(probe, shape)
-    got = np.asarray(forward_fn(weights, biases, X), dtype=np.float64)
-    return got.T if shape.layout == "columns" and got.ndim == 2 else got
+    return forward_fn(weights, biases, X)
+
+
+def _as_array(result, shape: Layout) -> np.ndarray | None:
+    """The user's outputs in xpmlp's layout, or None where they are no array of numbers."""
+    try:
+        got = None if result is None else np.asarray(result, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return got.T if got is not None and shape.layout == "columns" and got.ndim == 2 else got
 
 
 def _scaled(probe: Probe, factor: float) -> Probe:

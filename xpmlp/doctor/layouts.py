@@ -72,7 +72,7 @@ def call_user(grads, probe: Probe, shape: Layout) -> tuple[dict, Finding | None]
         dweights, dbiases = _split(result, probe.n_layers)
         got = from_user(dweights, dbiases, probe, shape)
     except (TypeError, ValueError, IndexError) as exc:
-        return {}, Finding("unreadable_return", f"grads returned {_described(result)}; expected "
+        return {}, Finding("unreadable_return", f"grads returned {described(result)}; expected "
                            f"(dweights, dbiases), lists of arrays ({exc})")  # fmt: skip
     return got, None
 
@@ -89,7 +89,10 @@ def _is_array(value) -> bool:
     return isinstance(value, np.ndarray) or np.isscalar(value)
 
 
-def _described(value) -> str:
+def described(value) -> str:
+    """What a user's function returned, in a few words: "a dict of 3", "a str", "None"."""
+    if value is None:
+        return "None"
     kind = type(value).__name__
     return f"a {kind}" + (f" of {len(value)}" if isinstance(value, tuple | list | dict) else "")
 

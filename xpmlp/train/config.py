@@ -20,6 +20,7 @@ from ..data.inputs import SCALING_METHODS
 from ..errors import ConfigError
 
 BUILTIN_DATASETS = ("fashion-mnist", "mnist")
+MAX_WARMUP_EPOCHS = 1e9  # times the steps of an epoch, still an integer a float can hold
 
 
 class _Settings:
@@ -145,7 +146,7 @@ class TrainConfig(_Settings):
         _integer("batch_size", self.batch_size, 1)
         _integer("epochs", self.epochs, 0)
         _choice("schedule", self.schedule, SCHEDULES)
-        _number("warmup_epochs", self.warmup_epochs, low=0)
+        _number("warmup_epochs", self.warmup_epochs, low=0, high=MAX_WARMUP_EPOCHS)
         _integer("step_epochs", self.step_epochs, 1)
         _number("gamma", self.gamma, low=0, open_low=True)
         _number("clip_norm", self.clip_norm, low=0, open_low=True, optional=True)

@@ -5,6 +5,7 @@ Shared by ``xpmlp train``, ``evaluate`` and ``predict`` (and the estimators to c
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,9 @@ def load_data(data: DataConfig):
         found = datasets.load_dataset(data.dataset, data_dir=data.data_dir, download=data.download)
         return (found.X_train, found.y_train, found.X_test, found.y_test,
                 np.arange(found.n_classes), found.source)  # fmt: skip
-    if not Path(data.dataset).expanduser().is_file():
+    if not os.path.lexists(Path(data.dataset).expanduser()):
         raise datasets.unknown_dataset(data.dataset)
+    userdata.check_regular_file(Path(data.dataset).expanduser())  # a directory, a FIFO: said so
     column = label_column(data.label_column)
     X, y = userdata.load_arrays(data.dataset, label_column=column)
     X_test = y_test = None

@@ -6,6 +6,9 @@ import contextlib
 import json
 import logging
 import sys
+import warnings
+
+import numpy as np
 
 from ..files import write_atomic
 
@@ -113,18 +116,19 @@ def curves_figure(history: list[dict], *, title: str | None = None,
     if plt is None:
         return None
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for ax, metric in zip(axes[0], ("loss", "accuracy")):
-        for split in ("train", "val", "test"):
-            _line(ax, epochs, [r.get(f"{split}_{metric}") for r in history], split)
-        _finish(ax, metric, best_epoch)
-    _line(axes[1, 0], epochs, [r.get("lr") for r in history], "learning rate")
-    _finish(axes[1, 0], "learning rate (end of epoch)", best_epoch)
-    _health(axes[1, 1], history, epochs)
-    _finish(axes[1, 1], "health per layer (log scale)", best_epoch)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+    with _quiet_matplotlib():
+        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+        for ax, metric in zip(axes[0], ("loss", "accuracy")):
+            for split in ("train", "val", "test"):
+                _line(ax, epochs, [r.get(f"{split}_{metric}") for r in history], split)
+            _finish(ax, metric, best_epoch)
+        _line(axes[1, 0], epochs, [r.get("lr") for r in history], "learning rate")
+        _finish(axes[1, 0], "learning rate (end of epoch)", best_epoch)
+        _health(axes[1, 1], history, epochs)
+        _finish(axes[1, 1], "health per layer (log scale)", best_epoch)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
     return fig
 
 
@@ -160,11 +164,12 @@ def plot_runs(runs: dict[str, list[dict]], metric: str, path) -> bool:
     plt = _pyplot()
     if plt is None:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, history in runs.items():
-        _line(ax, [r["epoch"] for r in history], [r.get(metric) for r in history], name)
-    _finish(ax, metric, None)
-    fig.tight_layout()
+    with _quiet_matplotlib():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, history in runs.items():
+            _line(ax, [r["epoch"] for r in history], [r.get(metric) for r in history], name)
+        _finish(ax, metric, None)
+        fig.tight_layout()
     _save(fig, path)
     return True
 
@@ -198,12 +203,15 @@ def _save(fig, path) -> None:
 @contextlib.contextmanager
 def _quiet_matplotlib():
     """Keep matplotlib's log warnings (a font cache being built, a config directory it cannot
-    write, a missing font) off a training run's stderr; errors still show."""
+    write, a missing font) and its Python warnings (a layout that does not fit, an overflow)
+    off stderr; errors still show."""
     logger = logging.getLogger("matplotlib")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            yield
     finally:
         logger.setLevel(level)
 

@@ -123,11 +123,10 @@ class RunDir:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown"
+                holder = _lock_holder(os.pread(handle.fileno(), 64, 0))
                 handle.close()
                 raise ConfigError(
-                    f"run directory {self.path} is in use by another xpmlp process (pid {holder})"
+                    f"run directory {self.path} is in use by another xpmlp process ({holder})"
                 ) from None
             if _names(path, handle):
                 break
@@ -212,6 +211,16 @@ class RunDir:
         return reporting.plot_curves(
             history, self.path / CURVES, title=title, best_epoch=best_epoch
         )
+
+
+def _lock_holder(head: bytes) -> str:
+    """The pid a lock file names, or a short excerpt of what it holds instead (it is no more
+    than 64 bytes read)."""
+    first = head.split(b"\n")[0].strip()
+    if first.isdigit():
+        return f"pid {first.decode()}"
+    shown = "".join(c if c.isprintable() else "?" for c in first.decode("ascii", "replace"))
+    return f"its {LOCK} holds {shown[:32]!r}{'...' if len(shown) > 32 else ''}, not a pid"
 
 
 def _names(path: Path, handle) -> bool:
