@@ -46,7 +46,7 @@ def test_rlimit_as_is_the_limit_a_large_network_is_refused_by(toy):
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
         "from xpmlp.cli import main\n"
-        f"sys.exit(main(['train', '--dataset', {str(toy)!r}, '--hidden', '100000,100000', "
+        f"sys.exit(main(['train', '--device', 'cpu', '--dataset', {str(toy)!r}, '--hidden', '100000,100000', "
         f"'--out', {str(toy.parent / 'r')!r}]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
