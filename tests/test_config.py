@@ -49,6 +49,7 @@ def test_configs_are_frozen_and_replace_validates():
         ({"betas": (0.9, 1.0)}, r"each of betas must be a finite number in \[0, 1\)"),
         ({"betas": (0.9,)}, "betas must be two numbers"),
         ({"eps": 0.0}, "eps must be a finite number"),
+        ({"grad_shards": 10**30}, "grad_shards must be at most 4,096"),  # not 23 GB of buffers
     ],
 )
 def test_train_config_rejects_bad_values(changes, message):

@@ -45,11 +45,13 @@ class _Settings:
         return dataclasses.replace(self, **changes)
 
 
-def _integer(name: str, value, low: int, *, optional: bool = False) -> None:
+def _integer(name: str, value, low: int, *, high: int | None = None, optional=False) -> None:
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be at most {high:,}; got {value:,}")
 
 
 def _number(name: str, value, *, low: float, high: float = math.inf, open_low=False,
@@ -67,6 +69,9 @@ def _number(name: str, value, *, low: float, high: float = math.inf, open_low=Fa
 def _choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+MAX_GRAD_SHARDS = 4096  # more processes than any data-parallel job of an MLP uses
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,8 @@ class TrainConfig(_Settings):
             raise ConfigError(f"shuffle must be True or False; got {self.shuffle!r}")
         _integer("checkpoint_every", self.checkpoint_every, 1)
         _integer("keep_checkpoints", self.keep_checkpoints, 1)
-        _integer("grad_shards", self.grad_shards, 1)
+        # each shard holds a gradient buffer: a huge count would exhaust memory, not train
+        _integer("grad_shards", self.grad_shards, 1, high=MAX_GRAD_SHARDS)
 
 
 @dataclass(frozen=True)
