@@ -3,7 +3,7 @@ overhead (about 5-10 us of host time each) whatever its arithmetic.
 
 - xpmlp: counted on the CuPy stand-in (``tests/cupy_standin.py``): every NumPy call it makes on
   device arrays, or to fill a new one, is one launch, and so is each call of a fused kernel
-  (``cupy.RawModule`` functions, which the stand-in runs as their NumPy twins); views and
+  (compiled functions, which the stand-in runs as their NumPy twins); views and
   ``empty`` allocations are free, as in CuPy; ``.get()``, ``float()`` and friends are a
   device-to-host copy and a sync; ``cupy.asarray`` of host data is a host-to-device copy. The
   step is the same code as on real CuPy, so the count is CuPy's, give or take kernels CuPy fuses

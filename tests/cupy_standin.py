@@ -5,7 +5,8 @@ NumPy underneath, but with what makes CuPy code differ from NumPy code:
 - a distinct ``cupy.ndarray`` that refuses implicit host conversion (``np.asarray(x)`` raises
   TypeError, as CuPy's does); ``.get()``, ``float(x)``, ``x.item()`` and ``bool(x)`` work but are
   counted as device-to-host copies and host syncs;
-- devices: every array lives on one of ``N_DEVICES`` fake GPUs; creation happens on the current
+- devices: every array lives on one of ``N_DEVICES`` fake GPUs (fewer where
+  ``CUDA_VISIBLE_DEVICES`` hides some, renumbered from 0 as CUDA does); creation happens on the current
   device (``cupy.cuda.Device(i)`` as a context, or ``.use()``), and an operation on an array that
   lives elsewhere raises CuPy's "The device where the array resides (1) is different from the
   current device (0)";
@@ -14,9 +15,13 @@ NumPy underneath, but with what makes CuPy code differ from NumPy code:
 - counters for kernel launches (one per NumPy call made on device arrays or filling a new one;
   views and uninitialised allocations are free, as in CuPy), host to device copies, device to
   host copies and host syncs;
+- contexts: ``contexts`` holds the devices a CUDA context was created on: by making one current
+  (``cudaSetDevice`` creates it since CUDA 12; CuPy's ``with Device(i)`` sets the previous device
+  again on exit, even device 0 that was never used) or by creating an array there;
 - ``cupy.RawModule``: a "compiled" CUDA module whose functions run xpmlp's NumPy twin of the
   kernel of that name, one launch each; ``kernel_faults`` makes one fail to compile or compute
-  a wrong result, to test the fallback.
+  a wrong result, to test the fallback; ``cupy.cuda.compiler.compile_using_nvrtc`` and
+  ``cupy.cuda.function.Module`` load the same, with the options kept for tests to read.
 
 Install it with :func:`installed` (a context manager that puts it in ``sys.modules``, with the
 ``array_api_compat.cupy`` wrapper re-imported over it, and takes both out again afterwards).
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -51,6 +57,30 @@ class Counters:
 
 counters = Counters()
 _current = [0]  # the current device's id
+contexts: set[int] = set()  # the devices with a CUDA context
+
+
+def visible_devices() -> int:
+    """How many fake GPUs this process sees: ``CUDA_VISIBLE_DEVICES`` is read as CUDA reads it,
+    up to its first entry that names no device (unset: all of them)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return N_DEVICES
+    seen: list[int] = []
+    for entry in listed.split(","):
+        entry = entry.strip()
+        if not entry.isdigit() or int(entry) >= N_DEVICES or int(entry) in seen:
+            break
+        seen.append(int(entry))
+    return len(seen)
+
+
+def _set_device(index: int) -> None:
+    """``cudaSetDevice``, which creates the device's context (CUDA 12 and later)."""
+    _current[0] = index
+    contexts.add(index)
+
+
 kernel_faults: dict[str, str] = {}  # kernel name -> "compile" or "wrong"
 
 
@@ -61,20 +91,21 @@ class Device:
         if isinstance(device, Device):
             device = device.id
         self.id = _current[0] if device is None else int(device)
-        if not 0 <= self.id < N_DEVICES:
+        if not 0 <= self.id < visible_devices():
             raise RuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal ({self.id})")
         self._previous: list[int] = []
 
     def use(self) -> None:
-        _current[0] = self.id
+        _set_device(self.id)
 
-    def __enter__(self):
+    def __enter__(self):  # as CuPy's: set the device only when it is not current ...
         self._previous.append(_current[0])
-        _current[0] = self.id
+        if self.id != _current[0]:
+            _set_device(self.id)
         return self
 
-    def __exit__(self, *exc):
-        _current[0] = self._previous.pop()
+    def __exit__(self, *exc):  # ... and set the previous one again, always
+        _set_device(self._previous.pop())
 
     def synchronize(self) -> None:
         counters.syncs += 1
@@ -171,6 +202,7 @@ class ndarray:
     def __init__(self, array: np.ndarray, device: int):
         self._a = array
         self._device = device
+        contexts.add(device)
 
     # --- what CuPy refuses or counts
     def __array__(self, *args, **kwargs):
@@ -374,6 +406,31 @@ class RawModule:
         return launch
 
 
+class _Binary(bytes):
+    """What the stand-in's NVRTC makes: the source, with the options it was compiled with."""
+
+    options: tuple = ()
+
+
+def _compile_using_nvrtc(source, options=(), arch=None, filename="kern.cu", **kwargs):
+    binary = _Binary(source.encode())
+    binary.options = tuple(options)
+    return binary
+
+
+class Module:
+    """``cupy.cuda.function.Module``: ``load`` takes what ``compile_using_nvrtc`` made, and its
+    functions are those of a :class:`RawModule` of that source and options."""
+
+    raw: RawModule | None = None
+
+    def load(self, binary: _Binary) -> None:
+        self.raw = RawModule(code=binary.decode(), options=binary.options)
+
+    def get_function(self, name: str):
+        return self.raw.get_function(name)
+
+
 # ---------------------------------------------------------------------- cupy.cuda
 
 
@@ -409,7 +466,7 @@ class MemoryPool:
 
 def _runtime_module():
     runtime = types.ModuleType("cupy.cuda.runtime")
-    runtime.getDeviceCount = lambda: N_DEVICES
+    runtime.getDeviceCount = visible_devices
     runtime.getDeviceProperties = lambda i: {
         "name": f"CuPy stand-in device {i}".encode(), "totalGlobalMem": 80 * 2**30,
         "multiProcessorCount": 132, "major": 9, "minor": 0,
@@ -465,6 +522,10 @@ def _build() -> dict[str, types.ModuleType]:
     cuda.MemoryPool = MemoryPool
     cuda.get_device_id = device.get_device_id
     cuda.is_available = lambda: True
+    cuda.compiler = types.ModuleType("cupy.cuda.compiler")
+    cuda.compiler.compile_using_nvrtc = _compile_using_nvrtc
+    cuda.function = types.ModuleType("cupy.cuda.function")
+    cuda.function.Module = Module
     cupy.cuda = cuda
     cupy.get_default_memory_pool = lambda: MemoryPool()
 
@@ -478,7 +539,8 @@ def _build() -> dict[str, types.ModuleType]:
         module.__all__ = names
     cupy.linalg, cupy.fft = linalg, fft
     return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.device": device,
-            "cupy.cuda.runtime": cuda.runtime, "cupy.linalg": linalg, "cupy.fft": fft}  # fmt: skip
+            "cupy.cuda.runtime": cuda.runtime, "cupy.cuda.compiler": cuda.compiler,
+            "cupy.cuda.function": cuda.function, "cupy.linalg": linalg, "cupy.fft": fft}  # fmt: skip
 
 
 _MODULES = _build()
@@ -497,6 +559,7 @@ def installed():
         del sys.modules[name]
     sys.modules.update(_MODULES)
     _current[0] = 0
+    contexts.clear()
     counters.reset()
     try:
         yield counters

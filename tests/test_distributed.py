@@ -106,6 +106,43 @@ def needs_mpi(test):
     return pytest.mark.mpi(pytest.mark.skipif(not has("mpi"), reason=reason("mpi"))(test))
 
 
+class _Ranks:
+    """A communicator of ``size`` processes seen from local rank ``local_rank``."""
+
+    def __init__(self, local_rank: int, size: int = 4):
+        self.rank, self.size, self.local_rank, self.local_size = local_rank, size, local_rank, size
+
+
+@pytest.mark.parametrize(("visible", "local_rank", "device"), [
+    (None, 0, 0), (None, 1, 1), (None, 3, 1),  # both GPUs of the node, shared round robin
+    ("1", 1, 0),  # srun --gpus-per-task=1: each task sees its own GPU, renumbered cuda:0
+    ("1,0", 1, 1), ("0,7,1", 1, 0),  # CUDA reads the list up to an entry naming no GPU
+])  # fmt: skip
+def test_a_rank_takes_a_visible_gpu_and_opens_no_other(cupy_standin, monkeypatch, visible,
+                                                       local_rank, device):  # fmt: skip
+    import cupy_standin as standin
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        monkeypatch.setenv("SLURM_LOCALID", str(local_rank))
+        monkeypatch.setenv("SLURM_STEP_GPUS", visible)
+    for spec in ("gpu", "auto"):
+        standin.contexts.clear()
+        backend = distributed.backend_for(spec, _Ranks(local_rank))
+        assert backend.spec == f"cuda:{device}"
+        model = MLP([3, 4, 2], device=backend)
+        Trainer(model, batch_size=4, epochs=1).fit(np.ones((8, 3)), np.arange(8) % 2)
+        assert standin.contexts == {device}  # none on GPU 0 when another one was chosen
+
+
+def test_one_process_keeps_its_device_spec(cupy_standin):
+    assert distributed.backend_for("cuda:1", _Ranks(0, size=1)).spec == "cuda:1"
+    assert distributed.backend_for("cpu", _Ranks(3)).spec == "cpu"
+    assert distributed.backend_for("cuda:1", _Ranks(0)).spec == "cuda:1"  # asked by number
+
+
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     rng = np.random.default_rng(0)

@@ -17,3 +17,31 @@ def rtol_for(backend, rtol: float) -> float:
     summation order) and CUDA's math library (exp, tanh, sqrt within an ulp or two) differ from
     NumPy's by a few ulps per operation: 1e-11 relative in float64."""
     return max(rtol, 1e-11) if real_gpu(backend) else rtol
+
+
+def twins_run(backend) -> bool:
+    """Whether ``backend``'s fused kernels are their NumPy twins (NumPy itself, or the CuPy
+    stand-in unless its ``runs_cuda_source`` is set): then a fused computation is the CPU's bit
+    for bit. On a GPU, or where the stand-in runs the CUDA source, tanh, exp and log come from
+    CUDA's math library and reductions add in another order (:func:`fused_tolerance`)."""
+    import sys
+
+    if backend.name == "numpy":
+        return True
+    standin = sys.modules.get("cupy_standin")
+    return not real_gpu(backend) and not getattr(standin, "runs_cuda_source", False)
+
+
+def fused_tolerance(exact: bool, dtype) -> dict:
+    """``assert_allclose`` keywords for a fused computation against the CPU's: none when ``exact``
+    (the twins ran); else a few ulps per operation over a short training: rtol 1e-5 and atol
+    1e-6 in float32, 1e-12 and 1e-14 in float64."""
+    import numpy as np
+
+    if exact:
+        return {"rtol": 0, "atol": 0}
+    return (
+        {"rtol": 1e-5, "atol": 1e-6}
+        if np.dtype(dtype) == np.float32
+        else {"rtol": 1e-12, "atol": 1e-14}
+    )

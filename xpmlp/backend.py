@@ -299,6 +299,24 @@ def get_backend(spec: str | Backend = "cpu") -> Backend:
     )
 
 
+def local_backend(spec: str | Backend, local_rank: int) -> Backend:
+    """The backend of one of a distributed job's processes on a machine, ``local_rank`` among them.
+
+    ``gpu``, ``cuda`` and ``auto`` take visible GPU ``local_rank % count``. CUDA counts the GPUs
+    that ``CUDA_VISIBLE_DEVICES`` and Slurm's binding leave this process, without creating a
+    context (``srun --gpus-per-task=1`` leaves each task one: every rank takes its ``cuda:0``).
+    That GPU becomes the process's current device before anything runs, so no other GPU gets a
+    context (setting a device creates one, and CuPy's ``with Device(i)`` sets the previous device
+    again on exit, device 0 in a fresh process). Any other spec is :func:`get_backend`'s.
+    """
+    name = spec if isinstance(spec, Backend) else str(spec).strip().lower()
+    if name == "auto":
+        return _auto_backend(local_rank)
+    if name in ("gpu", "cuda"):
+        return _cupy_backend(local_rank, by_rank=True)
+    return get_backend(spec)
+
+
 def _cuda_index(spec: str) -> int:
     if ":" not in spec:
         return 0
@@ -308,11 +326,15 @@ def _cuda_index(spec: str) -> int:
     return int(index)
 
 
-def _cupy_backend(index: int) -> Backend:
+def _cupy_backend(index: int, *, by_rank: bool = False) -> Backend:
+    """CuPy on GPU ``index``, probed; ``by_rank``: on GPU ``index % count``, made current."""
     cupy = _import_cupy()
     _check_driver(cupy.cuda.runtime)
     count = _device_count(cupy.cuda.runtime)
-    if index >= count:
+    if by_rank:
+        index %= count
+        cupy.cuda.Device(index).use()
+    elif index >= count:
         raise DeviceError(f"no CUDA device cuda:{index}; this machine has {count}")
     import array_api_compat.cupy as xp
 
@@ -432,13 +454,14 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _auto_backend() -> Backend:
-    """CuPy on GPU 0 when CuPy is installed and works there; else NumPy, saying why in one short
-    line (once per process) when CuPy is installed but cannot run."""
+def _auto_backend(local_rank: int | None = None) -> Backend:
+    """CuPy on GPU 0 (or a local rank's, see :func:`local_backend`) when CuPy is installed and
+    works there; else NumPy, saying why in one short line (once per process) when CuPy is
+    installed but cannot run."""
     if not _cupy_installed():
         return get_backend("cpu")
     try:
-        return _cupy_backend(0)
+        return _cupy_backend(0) if local_rank is None else _cupy_backend(local_rank, by_rank=True)
     except GpuUnavailableError as exc:
         _say_once(f"xpmlp: no GPU ({exc.reason}); using the CPU")
         return get_backend("cpu")

@@ -10,12 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..backend import get_backend
 from ..core.model import MLP
 from ..errors import CheckpointError, ConfigError, DataError
 from ..train import reporting
 from ..train.config import DataConfig, TrainConfig
-from ..train.distributed import communicator, device_for, limit_blas_threads, on_root
+from ..train.distributed import backend_for, communicator, limit_blas_threads, on_root
 from ..train.fitting import resume_from, resumed_settings, train_in_run
 from ..train.prepare import Prepared, prepare
 from ..train.runs import RunDir, model_of, scaler_of
@@ -67,7 +66,7 @@ def cmd_train(args) -> int:
                 return 0
         else:
             train, data, model_settings = _new_run(flags)
-        backend = get_backend(device_for(args.device or "auto", comm))
+        backend = backend_for(args.device or "auto", comm)
         model = model_of(ckpt, device=backend) if ckpt else None
         dtype = model.dtype_name if model else model_settings["dtype"]
         saved_scaler = scaler_of(ckpt) if ckpt else None

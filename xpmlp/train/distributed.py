@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from ..backend import get_backend
+from ..backend import Backend, get_backend, local_backend
 from ..errors import ConfigError, XpmlpError, install_hint
 
 MODES = ("auto", "none", "mpi")
@@ -188,9 +188,7 @@ def limit_blas_threads(comm) -> None:
     threadpool_limits(blas_threads_per_rank(comm.local_size), user_api="blas")
 
 
-def device_for(spec: str, comm) -> str:
-    """A distributed job's ranks on one machine take one GPU each: ``gpu`` is ``cuda:<local rank>``."""
-    if comm.size > 1 and spec in ("gpu", "cuda", "auto"):
-        backend = get_backend(spec)
-        return f"cuda:{comm.local_rank}" if backend.name == "cupy" else backend.spec
-    return spec
+def backend_for(spec: str, comm) -> Backend:
+    """This process's backend: in a distributed job, ``gpu``, ``cuda`` and ``auto`` take one of
+    the GPUs this process sees, by its local rank (:func:`xpmlp.backend.local_backend`)."""
+    return local_backend(spec, comm.local_rank) if comm.size > 1 else get_backend(spec)
