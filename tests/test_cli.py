@@ -256,9 +256,9 @@ def test_bad_data(tmp_path, toy, capsys, monkeypatch):
     nan = X.copy()
     nan[17, 2] = np.nan
     np.savez(tmp_path / "nan.npz", X=nan, y=y)
-    negative = y.copy()
-    negative[9] = -1
-    np.savez(tmp_path / "neg.npz", X=X, y=negative)
+    fractional = y.astype(float)
+    fractional[9] = 1.5  # a label must be a whole number (of any sign: -1 is a class)
+    np.savez(tmp_path / "neg.npz", X=X, y=fractional)
     (tmp_path / "garbage.npz").write_bytes(b"not a zip at all")
     (tmp_path / "bad.csv").write_text("a,b,label\n1,2,0\n3,oops,1\n")
     common = ["train", "--device", "cpu", "--quiet", "--out", str(tmp_path / "r")]
