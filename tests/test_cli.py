@@ -652,7 +652,8 @@ def test_a_closed_pipe_is_not_an_error(tmp_path, toy):
     ],
 )
 def test_damaged_checkpoint_metadata_is_one_line(tmp_path, toy, capsys, damage, expect):
-    assert _train(tmp_path, toy, "--epochs", "1") == 0
+    # One checkpoint kept: no older one for the resume to fall back to.
+    assert _train(tmp_path, toy, "--epochs", "1", "--keep-checkpoints", "1") == 0
     path = checkpoint.latest(tmp_path / "run")
     ckpt = checkpoint.load(path)
     meta = {k: v for k, v in ckpt["meta"].items() if k != "format"}

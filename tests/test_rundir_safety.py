@@ -254,7 +254,7 @@ def test_resume_passes_over_a_truncated_newest_checkpoint_and_says_so(tmp_path, 
     resumed = _model()
     fit(resumed, X, y, epochs=4, out=tmp_path / "r", resume=True, **SETTINGS)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"xpmlp: cannot read checkpoint {newest}"), err
+    assert len(err) == 1 and err[0].startswith("xpmlp: ") and str(newest) in err[0], err
     assert err[0].endswith(f"; resuming from {checkpoint.checkpoint_name(2)}")
     for name, value in straight.state_dict().items():  # epochs 3 and 4 trained again, exactly
         np.testing.assert_array_equal(resumed.state_dict()[name], value, err_msg=name)
@@ -268,6 +268,6 @@ def test_cli_resume_passes_over_a_replaced_newest_checkpoint(tmp_path, data, cap
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--quiet"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"xpmlp: {newest} is not an xpmlp checkpoint (no meta entry); resuming from "
-                   f"{checkpoint.checkpoint_name(1)}"]  # fmt: skip
+    assert len(err) == 1 and err[0].startswith("xpmlp: ") and str(newest) in err[0], err
+    assert err[0].endswith(f"; resuming from {checkpoint.checkpoint_name(1)}")
     assert checkpoint.load(tmp_path / "run")["meta"]["trainer"]["epoch"] == 3
