@@ -20,6 +20,7 @@ from xpmlp.cli import build_parser, main
 from xpmlp.cli import train as cli_train
 from xpmlp.data import datasets
 from xpmlp.train import checkpoint, reporting
+from xpmlp.train.runs import RunDir
 
 REQUIRED_METRICS = {
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -78,8 +79,8 @@ def test_run_directory_has_metrics_config_curves_and_checkpoints(tmp_path, toy):
     assert "numpy" in config["versions"] and config["device_name"] and config["processes"] == 1
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert checkpoint.latest(run).name == "checkpoint-epoch-0003.npz"
-    names = sorted(p.name for p in run.iterdir())
-    assert names == ["checkpoints", "config.json", "curves.png", "metrics.jsonl"]  # no .lock
+    names = sorted(p.name for p in run.iterdir())  # no .lock
+    assert names == [".xpmlp-run", "checkpoints", "config.json", "curves.png", "metrics.jsonl"]
 
 
 def test_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path, toy, capsys):
@@ -307,7 +308,8 @@ def test_checkpoint_mismatch_and_corruption(tmp_path, toy, capsys):
     _bad(tmp_path, ["evaluate", str(broken), "--dataset", str(toy[1]), "--device", "cpu"], capsys,
          expect="checkpoint")  # fmt: skip
     _bad(tmp_path, ["train", "--resume", str(broken)], capsys, expect="takes a run directory")
-    (tmp_path / "run" / "checkpoints" / "checkpoint-epoch-0001.npz").write_bytes(data[:100])
+    for saved in (tmp_path / "run" / "checkpoints").iterdir():  # none left to fall back to
+        saved.write_bytes(saved.read_bytes()[:100])
     _bad(tmp_path, ["train", "--resume", str(tmp_path / "run")], capsys, expect="checkpoint")
     assert not (tmp_path / "run" / ".lock").exists()  # the resume had locked it
 
@@ -316,7 +318,7 @@ def test_resume_without_a_checkpoint_starts_the_run(tmp_path, toy, capsys):
     # What a supervisor repeats: the same command, whether or not the run has begun.
     argv = ["train", "--device", "cpu", "--dataset", str(toy[0]), "--hidden", "8", "--epochs", "2",
             "--resume", str(tmp_path / "run"), "--quiet"]  # fmt: skip
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)  # killed before its first checkpoint
+    RunDir(tmp_path / "run").create().close()  # killed before its first checkpoint
     (tmp_path / "run" / "config.json").write_text("{}")
     assert main(argv) == 0
     assert "no checkpoint" in capsys.readouterr().err
@@ -653,7 +655,8 @@ def test_a_closed_pipe_is_not_an_error(tmp_path, toy):
     ],
 )
 def test_damaged_checkpoint_metadata_is_one_line(tmp_path, toy, capsys, damage, expect):
-    assert _train(tmp_path, toy, "--epochs", "1") == 0
+    # One checkpoint kept: no older one for the resume to fall back to.
+    assert _train(tmp_path, toy, "--epochs", "1", "--keep-checkpoints", "1") == 0
     path = checkpoint.latest(tmp_path / "run")
     ckpt = checkpoint.load(path)
     meta = {k: v for k, v in ckpt["meta"].items() if k != "format"}

@@ -17,9 +17,29 @@ from ..errors import ConfigError, DataError, install_hint
 from ..files import write_atomic
 from ..train import reporting
 from ..train.config import DataConfig
+from ..train.marker import run_holding
 from ..train.metrics import evaluate
 from ..train.prepare import load_data, scaled
 from ..train.runs import class_names_of, classes_of, load_model
+
+
+def check_output(output, inputs) -> None:
+    """Refuse an output file inside a run directory (its files are the run's) or one of the
+    command's own ``inputs``."""
+    output = Path(output)
+    run = run_holding(output)
+    if run is not None:
+        raise ConfigError(f"--output {output} is inside the run directory {run}, whose files "
+                          "are the run's; choose a file outside it")  # fmt: skip
+    if any(_same_file(output, Path(source)) for source in inputs):
+        raise ConfigError(f"--output {output} is a file this command reads; choose another file")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def scaled_input(X, scaler: Scaler | None, model: MLP, where: str):
@@ -88,6 +108,8 @@ def finite_or_none(value):
 
 def cmd_predict(args) -> int:
     model, scaler, ckpt = load_model(args.checkpoint, device=get_backend(args.device))
+    if args.output:
+        check_output(args.output, [ckpt["path"], args.input])
     classes = classes_of(ckpt, model)
     X = scaled_input(userdata.load_features(args.input), scaler, model, where=str(args.input))
     with np.errstate(all="ignore"):
@@ -110,6 +132,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    check_output(args.output, [Path(name) / "metrics.jsonl" for name in args.runs])
     runs = {name: _records(Path(name), args.metric) for name in args.runs}
     try:
         drawn = reporting.plot_runs(runs, args.metric, args.output)

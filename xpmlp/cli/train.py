@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..core.model import MLP
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from ..train import reporting
 from ..train.config import DataConfig, TrainConfig
 from ..train.distributed import backend_for, communicator, limit_blas_threads, on_root
@@ -103,21 +103,20 @@ def _open_run(args, flags: dict, opened: dict):
             raise ConfigError(f"--resume {args.resume} and --out {args.out} name different runs")
         if Path(where).is_file():
             raise ConfigError(f"--resume takes a run directory; {where} is a file")
-        resuming = RunDir(where).latest() is not None
-        if not resuming:  # killed before its first checkpoint, or never started: start it
-            print(f"xpmlp: no checkpoint in {where} yet; starting the run there", file=sys.stderr)
-            args.out, args.overwrite = where, True  # a run without a checkpoint holds nothing
-    if resuming:
-        run = RunDir(where).open()
-        try:
-            ckpt = run.load_latest()
-            if ckpt is None:
-                raise CheckpointError(f"no checkpoint found in {run.checkpoints}")
-        except BaseException:
-            run.close()  # releases the lock and removes its file
-            raise
-        opened["run"] = run
-        return str(run.path), ckpt
+        if Path(where).is_dir():
+            run = RunDir(where).open()  # refuses a directory that is not a run
+            try:
+                ckpt = run.load_latest()
+            except BaseException:
+                run.close()  # releases the lock and removes its file
+                raise
+            if ckpt is not None:
+                opened["run"] = run
+                return str(run.path), ckpt
+            run.close()
+        # killed before its first checkpoint, or never started: start it
+        print(f"xpmlp: no checkpoint in {where} yet; starting the run there", file=sys.stderr)
+        args.out, args.overwrite = where, True  # a run without a checkpoint holds nothing
     _, data, _ = _new_run(flags)
     run = RunDir(args.out or f"runs/{Path(data.dataset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     run.check_new(overwrite=bool(args.overwrite))

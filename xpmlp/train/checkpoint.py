@@ -21,7 +21,9 @@ any moment leaves either the previous checkpoint or the new one, never half of o
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from ..data.userdata import MAX_ARRAY_BYTES, read_npz
 from ..errors import CheckpointError, DataError
-from ..files import write_atomic
+from ..files import open_dir, write_atomic
 from . import checkpoint_schema
 from .checkpoint_schema import GROUPS
 
@@ -45,13 +47,15 @@ def checkpoint_name(epoch: int) -> str:
     return f"checkpoint-epoch-{epoch:04d}.npz"
 
 
-def save(path, *, meta: dict, arrays: dict[str, dict[str, np.ndarray] | None]) -> Path:
+def save(path, *, meta: dict, arrays: dict[str, dict[str, np.ndarray] | None],
+         dir_fd: int | None = None) -> Path:  # fmt: skip
     """Atomically write a checkpoint.
 
     Parameters
     ----------
     path : path-like
-        The ``.npz`` file to write; its directory must exist.
+        The ``.npz`` file to write (a name in the open directory ``dir_fd`` when given); its
+        directory must exist.
     meta : dict
         JSON-serialisable header.
     arrays : dict
@@ -65,7 +69,7 @@ def save(path, *, meta: dict, arrays: dict[str, dict[str, np.ndarray] | None]) -
     for group, members in arrays.items():
         for name, value in (members or {}).items():
             flat[f"{group}/{name}"] = np.asarray(value)
-    return write_atomic(path, lambda handle: np.savez(handle, **flat))
+    return write_atomic(path, lambda handle: np.savez(handle, **flat), dir_fd=dir_fd)
 
 
 def load(path) -> dict:
@@ -186,23 +190,33 @@ def latest(directory) -> Path | None:
     candidates = []
     for folder in (Path(directory), Path(directory) / "checkpoints"):
         if folder.is_dir():
-            candidates += [
-                (int(m.group(1)), p)
-                for p in folder.iterdir()
-                if (m := _NAME.match(p.name)) and p.is_file()  # a FIFO would hang the reader
-            ]
+            candidates += [(epoch, folder / name) for epoch, name in checkpoints_in(folder)]
     return max(candidates)[1] if candidates else None
 
 
+def checkpoints_in(folder) -> list[tuple[int, str]]:
+    """(epoch, file name) of each checkpoint in ``folder`` (a path, or a directory held open),
+    oldest first. Only regular files count: a FIFO would hang the reader, a link is not the
+    run's own."""
+    with os.scandir(folder) as entries:
+        return sorted(
+            (int(m.group(1)), entry.name)
+            for entry in entries
+            if (m := _NAME.match(entry.name)) and entry.is_file(follow_symlinks=False)
+        )
+
+
 def prune(directory, keep: int) -> None:
-    """Delete all but the ``keep`` newest checkpoints in ``directory``, and stale temporaries.
+    """Delete all but the ``keep`` newest checkpoints in ``directory`` (a path, or a directory
+    held open; ``keep=0``: all of them), and stale temporaries, by name in that directory: a link is removed, never
+    followed.
 
     A temporary file is only left behind by a writer that was killed mid-write.
     """
-    for stale in Path(directory).glob(".tmp-*"):
-        stale.unlink(missing_ok=True)
-    found = sorted(
-        (int(m.group(1)), p) for p in Path(directory).iterdir() if (m := _NAME.match(p.name))
-    )
-    for _, old in found[:-keep] if keep > 0 else []:
-        old.unlink(missing_ok=True)
+    with open_dir(directory, follow=False) as folder:
+        with os.scandir(folder) as entries:
+            stale = [e.name for e in entries if e.name.startswith(".tmp-") and not e.is_dir()]
+        found = checkpoints_in(folder)
+        for name in stale + [name for _, name in found[: max(len(found) - keep, 0)]]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=folder)

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from ..files import write_atomic
+from ..files import open_in, write_atomic
 
 METRIC_KEYS = (
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -18,21 +18,25 @@ METRIC_KEYS = (
 )  # fmt: skip
 
 
-def write_text_atomic(path, text: str) -> None:
-    write_atomic(path, lambda handle: handle.write(text), mode="w")
+# Each writer takes a path, or with ``dir_fd`` a name in that open directory (never a link).
 
 
-def write_json(path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_text_atomic(path, text: str, *, dir_fd: int | None = None) -> None:
+    write_atomic(path, lambda handle: handle.write(text), mode="w", dir_fd=dir_fd)
 
 
-def write_metrics(path, history: list[dict]) -> None:
+def write_json(path, data: dict, *, dir_fd: int | None = None) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", dir_fd=dir_fd)
+
+
+def write_metrics(path, history: list[dict], *, dir_fd: int | None = None) -> None:
     """Rewrite ``metrics.jsonl`` from the whole history (used on start and on resume)."""
-    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in history))
+    text = "".join(json.dumps(record) + "\n" for record in history)
+    write_text_atomic(path, text, dir_fd=dir_fd)
 
 
-def append_metrics(path, record: dict) -> None:
-    with open(path, "a") as handle:
+def append_metrics(path, record: dict, *, dir_fd: int | None = None) -> None:
+    with open(path, "a") if dir_fd is None else open_in(dir_fd, path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
 
 
@@ -98,12 +102,12 @@ class Progress:
 
 
 def plot_curves(history: list[dict], path, *, title: str | None = None,
-                best_epoch: int | None = None) -> bool:  # fmt: skip
+                best_epoch: int | None = None, dir_fd: int | None = None) -> bool:  # fmt: skip
     """Write :func:`curves_figure` to ``path`` (a PNG); False without matplotlib."""
     fig = curves_figure(history, title=title, best_epoch=best_epoch)
     if fig is None:
         return False
-    _save(fig, path)
+    _save(fig, path, dir_fd=dir_fd)
     return True
 
 
@@ -192,10 +196,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path) -> None:
+def _save(fig, path, *, dir_fd: int | None = None) -> None:
     try:
         with _quiet_matplotlib():
-            write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
+            write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=100),
+                         dir_fd=dir_fd)  # fmt: skip
     finally:
         _pyplot().close(fig)
 

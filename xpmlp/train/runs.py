@@ -7,6 +7,7 @@ A run directory holds::
     curves.png       loss, accuracy, learning rate and layer health per epoch
     checkpoints/     checkpoint-epoch-NNNN.npz (see xpmlp.train.checkpoint), the newest few
     .lock            held (flock) by the one process writing the run; removed when it ends
+    .xpmlp-run       the marker that makes the directory a run (see xpmlp.train.marker)
 
 Both ``xpmlp train`` and ``xpmlp.fit(..., out=...)`` write through :class:`RunDir`. A process
 that must not write (a non-zero rank of a distributed run) opens it with ``writer=False``: it
@@ -15,10 +16,11 @@ reads checkpoints like the others, and every write becomes a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,22 +30,24 @@ from ..core.model import MLP
 from ..data import datasets
 from ..data.inputs import Scaler
 from ..errors import CheckpointError, ConfigError
-from . import checkpoint, reporting
+from ..files import NOFOLLOW, open_dir, open_directory
+from . import checkpoint, marker, reporting
+from .marker import CHECKPOINTS, CONFIG, CURVES, LOCK, METRICS, Found
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, one writer is then the user's business
     fcntl = None
 
-CONFIG, METRICS, CURVES, CHECKPOINTS, LOCK = (
-    "config.json", "metrics.jsonl", "curves.png", "checkpoints", ".lock",
-)  # fmt: skip
-RUN_ENTRIES = {CONFIG, METRICS, CURVES, CHECKPOINTS, LOCK}
 TRAINER_GROUPS = ("params", "optimizer", "best")  # the groups of Trainer.state_dict()
 
 
 class RunDir:
     """One run directory; see the module docstring for its layout.
+
+    A writer holds the directory open while the run lasts and writes, reads and deletes each of
+    its files by name in it, never through a symbolic link (see :mod:`xpmlp.train.marker` for
+    what makes a directory a run).
 
     Parameters
     ----------
@@ -55,7 +59,7 @@ class RunDir:
     def __init__(self, path, *, writer: bool = True):
         self.path = Path(path)
         self.writer = writer
-        self._lock_file = None
+        self._fd = self._checkpoints_fd = self._lock_fd = None  # while open, as a writer
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -67,46 +71,69 @@ class RunDir:
     # ------------------------------------------------------------------ opening and locking
 
     def check_new(self, *, overwrite: bool = False) -> None:
-        """Refuse to start a new run over an existing one unless ``overwrite`` (cheap; no writes)."""
+        """Refuse to start a new run here unless the directory is missing or empty, or holds a
+        run and ``overwrite`` (cheap; no writes)."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"run directory {self.path} exists and is not a directory")
-        entries = set(os.listdir(self.path)) if self.path.is_dir() else set()
-        if not entries:
+        if not self.path.is_dir():
             return
-        if not overwrite:
-            raise ConfigError(
-                f"{self.path} already holds a run; continue it with --resume {self.path} "
-                "(resume=True), or replace it with --overwrite (overwrite=True)"
-            )
-        foreign = sorted(entries - RUN_ENTRIES)
-        if foreign:
-            raise ConfigError(
-                f"{self.path} is not a run directory (it holds {foreign[0]}); "
-                "--overwrite only replaces runs"
-            )
+        with open_dir(self.path) as fd:
+            found = marker.survey(fd, self.path)
+            if found is Found.FOREIGN:
+                raise marker.not_a_run(self.path, fd)
+            if found is not Found.EMPTY and not overwrite:
+                raise ConfigError(
+                    f"{self.path} already holds a run; continue it with --resume {self.path} "
+                    "(resume=True), or replace it with --overwrite (overwrite=True)"
+                )
+            marker.check_entries(fd, self.path)
 
     def create(self, *, overwrite: bool = False) -> RunDir:
-        """Start a new run here: the directory is made, locked, and cleared with ``overwrite``."""
+        """Start a new run here: the directory is made, marked, locked, and cleared of the
+        run's files with ``overwrite`` (nothing else in it is touched)."""
         if not self.writer:  # the writer checks and creates it
             return self
         self.check_new(overwrite=overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.lock()
-        for name in (CONFIG, METRICS, CURVES):
-            (self.path / name).unlink(missing_ok=True)
-        shutil.rmtree(self.checkpoints, ignore_errors=True)
-        self.checkpoints.mkdir()
+        self._hold()
+        try:
+            for name in (CONFIG, METRICS, CURVES):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=self._fd)
+            checkpoint.prune(self._checkpoints_fd, 0)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def open(self) -> RunDir:
-        """Open an existing run to resume it (locked)."""
+        """Open an existing run to resume it (locked). An empty directory becomes a run; one
+        that holds anything else than a run is refused."""
         if not self.writer:  # the writer checks and opens it
             return self
         if not self.path.is_dir():
             raise CheckpointError(f"run directory {self.path} does not exist")
-        self.lock()
-        self.checkpoints.mkdir(exist_ok=True)
+        self._hold()
         return self
+
+    def _hold(self) -> None:
+        """Open the directory, refuse it unless it is a run or empty, mark it a run, lock it,
+        and open its ``checkpoints/``."""
+        self._fd = open_directory(self.path)
+        try:
+            found = marker.survey(self._fd, self.path)
+            if found is Found.FOREIGN:
+                raise marker.not_a_run(self.path, self._fd)
+            marker.check_entries(self._fd, self.path)
+            if found is not Found.RUN:
+                marker.write_marker(self._fd)  # first, before anything else is written
+            self.lock()
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(CHECKPOINTS, dir_fd=self._fd)
+            self._checkpoints_fd = open_directory(CHECKPOINTS, dir_fd=self._fd, follow=False)
+        except BaseException:
+            self.close()
+            raise
 
     def lock(self) -> None:
         """Take the run's lock, or fail with one line naming the process that holds it.
@@ -115,35 +142,49 @@ class RunDir:
         the file just before that may win the lock on a file no longer in the directory: it
         then opens the path again (a new file, or one another process has since locked).
         """
-        if fcntl is None or self._lock_file is not None:
+        if fcntl is None or self._lock_fd is not None:
             return
-        path = self.path / LOCK
         while True:
-            handle = open(path, "a+")
+            fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o666, dir_fd=self._dir())
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                holder = _lock_holder(os.pread(handle.fileno(), 64, 0))
-                handle.close()
+                holder = _lock_holder(os.pread(fd, 64, 0))
+                os.close(fd)
                 raise ConfigError(
                     f"run directory {self.path} is in use by another xpmlp process ({holder})"
                 ) from None
-            if _names(path, handle):
+            if self._names_lock(fd):
                 break
-            handle.close()  # removed by its last holder after we opened it
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock_file = handle
+            os.close(fd)  # removed by its last holder after we opened it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
     def close(self) -> None:
         """Release the lock and remove its file (while still holding it; see :meth:`lock`)."""
-        if self._lock_file is not None:
-            if _names(self.path / LOCK, self._lock_file):
-                (self.path / LOCK).unlink()
-            self._lock_file.close()  # closing releases the flock
-            self._lock_file = None
+        if self._lock_fd is not None:
+            if self._names_lock(self._lock_fd):
+                os.unlink(LOCK, dir_fd=self._fd)
+            os.close(self._lock_fd)  # closing releases the flock
+        for fd in (self._checkpoints_fd, self._fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._checkpoints_fd = self._lock_fd = None
+
+    def _names_lock(self, fd: int) -> bool:
+        """Whether the run's ``.lock`` is still the file ``fd`` has open."""
+        try:
+            found = os.stat(LOCK, dir_fd=self._fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        opened = os.fstat(fd)
+        return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
+
+    def _dir(self) -> int:
+        if self._fd is None:
+            raise RuntimeError(f"{self!r} is not open: create() or open() it before writing")
+        return self._fd
 
     def __enter__(self) -> RunDir:
         return self
@@ -154,12 +195,33 @@ class RunDir:
     # ------------------------------------------------------------------ checkpoints
 
     def latest(self) -> Path | None:
-        return checkpoint.latest(self.checkpoints) if self.checkpoints.is_dir() else None
+        found = self._checkpoint_names()
+        return self.checkpoints / found[-1][1] if found else None
 
-    def load_latest(self) -> dict | None:
-        """The newest checkpoint (see :func:`xpmlp.train.checkpoint.load`), or None when there is none."""
-        path = self.latest()
-        return None if path is None else checkpoint.load(path)
+    def load_latest(self, *, notify: Callable[[str], None] | None = None) -> dict | None:
+        """The newest checkpoint that loads (see :func:`xpmlp.train.checkpoint.load`), or None
+        when there is none. Newer ones that do not load (truncated, corrupt, replaced) are passed
+        over, and ``notify(text)`` (default: a line on stderr) says which and why; when none
+        loads, the newest one's error is raised."""
+        unreadable = []
+        for _, name in reversed(self._checkpoint_names()):
+            try:
+                ckpt = checkpoint.load(self.checkpoints / name)
+            except CheckpointError as exc:
+                unreadable.append(exc)
+                continue
+            if unreadable:
+                others = f" (and {len(unreadable) - 1} newer)" if len(unreadable) > 1 else ""
+                (notify or _tell)(f"{str(unreadable[0]).rstrip('.')}{others}; resuming from {name}")
+            return ckpt
+        if unreadable:
+            raise unreadable[0]
+        return None
+
+    def _checkpoint_names(self) -> list[tuple[int, str]]:
+        if self._checkpoints_fd is not None:
+            return checkpoint.checkpoints_in(self._checkpoints_fd)
+        return checkpoint.checkpoints_in(self.checkpoints) if self.checkpoints.is_dir() else []
 
     def save(self, state: dict, *, model: MLP, data: dict | None = None,
              scaler: Scaler | None = None, classes=None, keep: int = 3) -> Path | None:  # fmt: skip
@@ -182,26 +244,26 @@ class RunDir:
         }  # fmt: skip
         arrays = {group: state[group] for group in TRAINER_GROUPS}
         arrays["scaling"] = scaler.state_dict() if scaler is not None else None
-        path = checkpoint.save(
-            self.checkpoints / checkpoint.checkpoint_name(epoch), meta=meta, arrays=arrays
-        )
-        checkpoint.prune(self.checkpoints, keep)
-        return path
+        name = checkpoint.checkpoint_name(epoch)
+        self._dir()
+        checkpoint.save(name, meta=meta, arrays=arrays, dir_fd=self._checkpoints_fd)
+        checkpoint.prune(self._checkpoints_fd, keep)
+        return self.checkpoints / name
 
     # ------------------------------------------------------------------ metrics, config, curves
 
     def write_config(self, info: dict) -> None:
         if self.writer:
-            reporting.write_json(self.path / CONFIG, {**info, "versions": versions()})
+            reporting.write_json(CONFIG, {**info, "versions": versions()}, dir_fd=self._dir())
 
     def write_metrics(self, history: list[dict]) -> None:
         """Rewrite ``metrics.jsonl`` from the whole history (on start and on resume)."""
         if self.writer:
-            reporting.write_metrics(self.path / METRICS, history)
+            reporting.write_metrics(METRICS, history, dir_fd=self._dir())
 
     def append_metrics(self, record: dict) -> None:
         if self.writer:
-            reporting.append_metrics(self.path / METRICS, record)
+            reporting.append_metrics(METRICS, record, dir_fd=self._dir())
 
     def plot(self, history: list[dict], *, title: str | None = None,
              best_epoch: int | None = None) -> bool:  # fmt: skip
@@ -209,7 +271,7 @@ class RunDir:
         if not self.writer:
             return True
         return reporting.plot_curves(
-            history, self.path / CURVES, title=title, best_epoch=best_epoch
+            history, CURVES, title=title, best_epoch=best_epoch, dir_fd=self._dir()
         )
 
 
@@ -223,14 +285,8 @@ def _lock_holder(head: bytes) -> str:
     return f"its {LOCK} holds {shown[:32]!r}{'...' if len(shown) > 32 else ''}, not a pid"
 
 
-def _names(path: Path, handle) -> bool:
-    """Whether ``path`` is still the file ``handle`` has open."""
-    try:
-        found = os.stat(path)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(handle.fileno())
-    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)
+def _tell(text: str) -> None:
+    print(f"xpmlp: {text}", file=sys.stderr)
 
 
 def trainer_state(ckpt: dict) -> dict:
