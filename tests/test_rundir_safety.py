@@ -266,7 +266,8 @@ def test_cli_resume_passes_over_a_replaced_newest_checkpoint(tmp_path, data, cap
     newest = checkpoint.latest(tmp_path / "run")
     np.savez(newest, labels=np.zeros(3))  # e.g. predictions written over it by an older xpmlp
     capsys.readouterr()
-    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--quiet"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "3", "--quiet",
+                 "--device", "cpu"]) == 0  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("xpmlp: ") and str(newest) in err[0], err
     assert err[0].endswith(f"; resuming from {checkpoint.checkpoint_name(1)}")
