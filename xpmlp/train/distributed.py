@@ -205,12 +205,12 @@ def together(comm, work, facts=None):
     fingerprint) differ, every rank raises a ConfigError naming the first difference."""
     if comm.size == 1:
         return work()
+    result = error = mine = None
     try:
-        result, error, mine = work(), None, None
-    except Exception as exc:
-        result, error = None, exc
-    if error is None:
+        result = work()
         mine = facts(result) if facts is not None else {}
+    except Exception as exc:
+        error = exc
     gathered = comm.allgather((_portable(error, comm.rank), mine))
     _raise_first([failure for failure, _ in gathered], cause=error)
     _refuse_differences([found for _, found in gathered])
