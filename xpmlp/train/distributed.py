@@ -100,12 +100,14 @@ class MPI:
         local.Free()
 
     def reduce_gradients(self, grad: np.ndarray, stop: int):
-        """The sum of every rank's ``grad`` (a host array) and the largest stop flag: one call."""
+        """The sum of every rank's ``grad`` (a host array) and the largest stop flag: one call
+        (and a second one in the rare step where some flag is set, with ``allreduce``)."""
         send = np.empty(grad.shape[0] + 1, dtype=grad.dtype)
         send[:-1], send[-1] = grad, stop
         if self.reduce == "allreduce":
             self.comm.Allreduce(self._mpi.IN_PLACE, send, op=self._mpi.SUM)
-            return send[:-1], int(send[-1])
+            flag = int(send[-1])  # a sum of flags: which one is largest, every rank asks once
+            return send[:-1], max(self.comm.allgather(stop)) if flag else 0
         gathered = np.empty((self.size, send.shape[0]), dtype=grad.dtype)
         self.comm.Allgather(send, gathered)
         return _sum_rows(gathered[:, :-1]), int(gathered[:, -1].max())
