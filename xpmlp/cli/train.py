@@ -30,6 +30,8 @@ from ..train.runs import RunDir, model_of, scaler_of
 from ..train.trainer import Trainer
 from .parser import DATA_FLAGS, DEFAULT_HIDDEN, TRAIN_FLAGS, defaults
 
+PEER_GRACE_S = 2.0  # how long a process whose MPI call failed waits to be ended by the launcher
+
 
 def explicit_flags(args) -> dict:
     """The train flags given on the command line (parsed defaults are None)."""
@@ -56,8 +58,11 @@ def cmd_train(args) -> int:
     except (XpmlpError, KeyboardInterrupt):  # met by every process alike (see distributed.py)
         raise
     except Exception as exc:  # this process's own: say it here, and end the job's other ones
-        print(f"xpmlp: error: {describe(exc)} (on rank {comm.rank}; every process of the job "
-              "is ended)", file=sys.stderr, flush=True)  # fmt: skip
+        if comm.failed_communicating(exc):  # another process failed and says so: the launcher
+            time.sleep(PEER_GRACE_S)  # is ending the job; only if it does not, say it here
+        said = describe(exc).partition("\n")[0]
+        print(f"xpmlp: error: {said} (on rank {comm.rank}; every process of the job is ended)",
+              file=sys.stderr, flush=True)  # fmt: skip
         comm.abort(2)
         return 2  # not reached: abort ends this process too
 

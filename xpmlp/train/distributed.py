@@ -123,6 +123,10 @@ class MPI:
     def allgather(self, obj) -> list:
         return self.comm.allgather(obj)
 
+    def failed_communicating(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is MPI's own error: most often another process failed or left."""
+        return isinstance(exc, self._mpi.Exception)
+
     def abort(self, status: int) -> None:
         """End every process of the job now, with exit status ``status``."""
         self.comm.Abort(status)
