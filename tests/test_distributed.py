@@ -285,3 +285,119 @@ def test_a_killed_job_ends_everywhere_and_the_resumed_run_is_exact(tmp_path, how
                    ranks=2)  # fmt: skip
     assert whole.returncode == 0
     _same_run(tmp_path / "killed", tmp_path / "whole")
+
+
+# ---------------------------------------------------------------------- errors reach every rank
+
+
+class _OneRankOfTwo:
+    """One rank of a two-process job, alone: the other rank's part of every exchange is
+    ``peer`` (what it would send), and its stop flag ``peer_stop``."""
+
+    size, local_rank, local_size = 2, 0, 1
+
+    def __init__(self, rank, peer=None, peer_stop=0):
+        self.rank, self.peer, self.peer_stop = rank, peer, peer_stop
+
+    def allgather(self, obj):
+        return [obj, self.peer] if self.rank == 0 else [self.peer, obj]
+
+    def broadcast(self, obj):
+        return obj if self.rank == 0 else self.peer
+
+    def reduce_gradients(self, grad, stop):
+        return grad, max(stop, self.peer_stop)
+
+
+def test_a_failure_at_start_on_another_rank_is_raised_here_and_named():
+    failed = distributed.JobError("on rank 1: no such file: data.npz")
+    comm = _OneRankOfTwo(0, peer=(failed, None))
+    with pytest.raises(distributed.JobError, match="^on rank 1: no such file: data.npz$"):
+        distributed.together(comm, lambda: "ready", facts=lambda ready: {})
+
+
+def test_ranks_that_differ_all_refuse_naming_the_difference():
+    comm = _OneRankOfTwo(1, peer=(None, {"--lr": 0.01, "--epochs": 3}))
+    with pytest.raises(ConfigError, match=r"^the processes of this job differ: --lr is 0.1 on "
+                       r"rank 1 but 0.01 on rank 0; start every process with the same command"):  # fmt: skip
+        distributed.together(comm, lambda: 1, facts=lambda _: {"--lr": 0.1, "--epochs": 3})
+    comm = _OneRankOfTwo(0, peer=(None, {"--lr": 0.1}))
+    with pytest.raises(ConfigError, match="--lr is 0.1 on rank 1 but not given on rank 0"):
+        distributed.together(comm, lambda: 1, facts=lambda _: {})
+    assert distributed.together(_OneRankOfTwo(0, peer=(None, {"a": 1})), lambda: 7,
+                                facts=lambda _: {"a": 1}) == 7  # fmt: skip
+
+
+def test_a_failed_write_on_rank_0_is_raised_on_every_rank():
+    def full_disk():
+        raise OSError(27, "File too large")
+
+    with pytest.raises(distributed.JobError, match=r"^\[Errno 27\] File too large$") as raised:
+        distributed.on_root(_OneRankOfTwo(0), full_disk)
+    comm = _OneRankOfTwo(1, peer=("error", raised.value))
+    with pytest.raises(distributed.JobError, match="File too large"):
+        distributed.on_root(comm, lambda: pytest.fail("rank 1 does not write"))
+
+
+def test_a_gradient_that_fails_on_one_rank_stops_every_rank_at_that_step():
+    def gradient():
+        raise MemoryError("cannot allocate 8 GiB")
+
+    # Rank 1 fails: it sends zeros and the FAILED flag, then its error; rank 0 raises that.
+    comm = _OneRankOfTwo(1, peer=None)
+    with pytest.raises(distributed.JobError, match="^on rank 1: MemoryError: cannot allocate"):
+        distributed.reduce_step(comm, gradient, 0, size=3, dtype="float32")
+    sent = distributed.JobError("on rank 1: MemoryError: cannot allocate 8 GiB")
+    comm = _OneRankOfTwo(0, peer=sent, peer_stop=distributed.FAILED)
+    with pytest.raises(distributed.JobError, match="^on rank 1: MemoryError"):
+        distributed.reduce_step(comm, lambda: np.ones(3), 0, size=3, dtype="float64")
+    # Without a failure the stop flag (a signal) travels as before.
+    comm = _OneRankOfTwo(0, peer_stop=15)
+    total, stop = distributed.reduce_step(comm, lambda: np.ones(3), 0, size=3, dtype="float64")
+    assert stop == 15 and total.tolist() == [1, 1, 1]
+
+
+@pytest.mark.slow
+@needs_mpi
+def test_ranks_started_with_different_flags_all_refuse_in_one_line(tmp_path, dataset):
+    args = " ".join(_train_args(dataset, tmp_path / "run"))
+    script = (f'if [ "$PMI_RANK" = 1 ]; then lr="--lr 0.1"; fi; {sys.executable} -m xpmlp {args} '
+              "$lr; echo rank-exit-$?")  # fmt: skip
+    result = subprocess.run([MPIEXEC, "-n", "2", "sh", "-c", script], capture_output=True,
+                            text=True, timeout=TIMEOUT)  # fmt: skip
+    assert result.stdout.split() == ["rank-exit-2", "rank-exit-2"], result
+    assert result.stderr == ("xpmlp: error: the processes of this job differ: --lr is 0.1 on rank "
+                             "1 but not given on rank 0; start every process with the same "
+                             "command and data\n")  # fmt: skip
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def _limited_rank_0(limit: int) -> str:
+    """A script that runs xpmlp with rank 0's files limited to ``limit`` bytes (`ulimit -f`),
+    set once MPI has started: its shared memory is a file too."""
+    return ("import resource, runpy, sys\n"
+            "from mpi4py import MPI\n"
+            "if MPI.COMM_WORLD.Get_rank() == 0:\n"
+            f"    resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            "sys.argv[0] = 'xpmlp'\n"
+            "runpy.run_module('xpmlp', run_name='__main__')\n")  # fmt: skip
+
+
+@pytest.mark.slow
+@needs_mpi
+def test_a_full_disk_on_rank_0_mid_run_ends_the_job_with_one_line(tmp_path, dataset):
+    run = tmp_path / "run"
+    assert _xpmlp(_train_args(dataset, run, "--epochs", "1"), ranks=2).returncode == 0
+    saved = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    wrapper = tmp_path / "limited.py"
+    wrapper.write_text(_limited_rank_0(max(map(len, saved.values())) // 2))
+    # Resumed for 2 more epochs: rank 0 fails writing the checkpoint of epoch 2, after a whole
+    # epoch of exchanges with rank 1, which would otherwise wait for it in the next step.
+    command = [MPIEXEC, "-n", "2", sys.executable, str(wrapper), "train", "--resume", str(run),
+               "--epochs", "3", "--quiet"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2, result
+    assert result.stderr == "xpmlp: error: [Errno 27] File too large\n", result.stderr
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == saved
+    resumed = _xpmlp(["train", "--resume", str(run), "--epochs", "3", "--quiet"], ranks=2)
+    assert resumed.returncode == 0, resumed.stderr

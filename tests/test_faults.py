@@ -1,9 +1,11 @@
-"""Fault injection: `xpmlp train` killed, interrupted or starved of disk at random moments.
+"""Fault injection: `xpmlp train` killed, interrupted or starved of disk at random moments, alone
+or as rank 0 of a job under plain `mpiexec -n 2`.
 
 Every trial ends in one of two ways: the run, resumed with the same command until it finishes,
 has the weights of a run never interrupted, bit for bit; or the command says what went wrong in
-one line, and nothing saved is lost. The moments are drawn from a seeded generator, so a failing
-trial is reproduced by its test id.
+one line, and nothing saved is lost. A fault on one rank of a job ends the whole job (no rank
+waits for it). The moments are drawn from a seeded generator, so a failing trial is reproduced
+by its test id.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optional import MPIEXEC, has, reason
 
 from xpmlp.train import checkpoint
 
@@ -190,3 +193,85 @@ def test_a_full_disk_loses_nothing_saved(tmp_path, data, uninterrupted):
     _assert_one_line_at_most(result.stderr)
     assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == saved
     _assert_same(_finish(data, out), uninterrupted)
+
+
+# ---------------------------------------------------------------------- rank 0 of an MPI job
+
+MPI_TRIALS = {"kill": 2, "error-in-step": 2, "error-between-steps": 2}
+MPI_EPOCHS, MPI_STEPS = 4, 4 * 50  # 1600 training rows in batches of 32
+# Run as each rank: on rank 0, the `at`-th gradient (or progress update, between two steps'
+# exchanges) is a fault: a SIGKILL or an exception that rank alone meets.
+FAULTY_RANK_0 = """
+import os, runpy, signal, sys
+from mpi4py import MPI
+fault, at = sys.argv[1], int(sys.argv[2])
+del sys.argv[1:3]
+if MPI.COMM_WORLD.Get_rank() == 0:
+    from xpmlp.core.model import MLP
+    from xpmlp.train.reporting import Progress
+    owner, name = (Progress, "on_batch") if fault == "error-between-steps" else (MLP, "train_gradients")
+    original, calls = getattr(owner, name), [0]
+    def faulty(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == at:
+            if fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise MemoryError("injected on rank 0")
+        return original(*args, **kwargs)
+    setattr(owner, name, faulty)
+sys.argv[0] = "xpmlp"
+runpy.run_module("xpmlp", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> dict:
+    """The data, the faulty wrapper and the final weights of an uninterrupted 2-rank run."""
+    if not has("mpi"):
+        pytest.skip(reason("mpi"))
+    where = tmp_path_factory.mktemp("mpi-faults")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 10)).astype(np.float32)
+    np.savez(where / "train.npz", X=X, y=(X @ rng.normal(size=(10, 3))).argmax(axis=1))
+    (where / "faulty.py").write_text(FAULTY_RANK_0)
+    found = {"data": where / "train.npz", "wrapper": where / "faulty.py"}
+    result = _run(_job_command(found, where / "straight"))
+    assert result.returncode == 0, result.stderr
+    return {**found, "final": checkpoint.load(where / "straight")["params"]}
+
+
+def _job_command(job: dict, out: Path, *fault) -> list[str]:
+    program = [str(job["wrapper"]), *map(str, fault)] if fault else ["-m", "xpmlp"]
+    return [MPIEXEC, "-n", "2", sys.executable, *program, "train", "--device", "cpu",
+            "--dataset", str(job["data"]), "--hidden", "32,32", "--batch-size", "32",
+            "--epochs", str(MPI_EPOCHS), "--dropout", "0.1", "--val-fraction", "0.2",
+            "--quiet", "--resume", str(out)]  # fmt: skip
+
+
+def _mpi_trials() -> list:
+    rng = np.random.default_rng(20261205)
+    return [
+        pytest.param(fault, int(rng.integers(1, MPI_STEPS + 1)), id=f"{fault}-{i}")
+        for fault, count in MPI_TRIALS.items()
+        for i in range(count)
+    ]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize(("fault", "at"), _mpi_trials())
+def test_a_fault_on_rank_0_ends_the_job_and_resume_is_bit_identical(tmp_path, job, fault, at):
+    out = tmp_path / "run"
+    result = _run(_job_command(job, out, fault, at))  # a hang fails by the timeout
+    assert result.returncode != 0, result.stderr
+    if fault != "kill":  # rank 0 says what it met in one line; the job exits 2
+        assert result.returncode == 2, result.stderr
+        ours = [line for line in result.stderr.splitlines() if line.startswith("xpmlp: error:")]
+        assert len(ours) == 1 and "MemoryError: injected on rank 0" in ours[0], result.stderr
+        assert "Traceback" not in result.stderr
+    assert not [p for p in (out / "checkpoints").glob(".tmp*")] or fault == "kill"
+    for _ in range(2):
+        resumed = _run(_job_command(job, out))
+        if resumed.returncode == 0:
+            break
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same(checkpoint.load(out)["params"], job["final"])

@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         "change. Without a checkpoint there yet, the run starts (with the flags given), so the "
         "same command is safe to repeat",
     )  # fmt: skip
+    _add(run, "--accept-changed-data", "resume on data other than the run was trained on "
+         "(its fingerprint, recorded at the start, differs)", action="store_true")  # fmt: skip
     _add(run, "--quiet", "no progress output", action="store_true")
     _add(
         run,

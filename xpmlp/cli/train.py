@@ -11,15 +11,25 @@ import time
 from pathlib import Path
 
 from ..core.model import MLP
-from ..errors import ConfigError, DataError
+from ..data.fingerprint import check_unchanged
+from ..errors import ConfigError, DataError, XpmlpError
 from ..train import reporting
 from ..train.config import DataConfig, TrainConfig
-from ..train.distributed import backend_for, communicator, limit_blas_threads, on_root
+from ..train.distributed import (
+    backend_for,
+    communicator,
+    describe,
+    limit_blas_threads,
+    on_root,
+    together,
+)
 from ..train.fitting import resume_from, resumed_settings, train_in_run
 from ..train.prepare import Prepared, prepare
 from ..train.runs import RunDir, model_of, scaler_of
 from ..train.trainer import Trainer
 from .parser import DATA_FLAGS, DEFAULT_HIDDEN, TRAIN_FLAGS, defaults
+
+PEER_GRACE_S = 2.0  # how long a process whose MPI call failed waits to be ended by the launcher
 
 
 def explicit_flags(args) -> dict:
@@ -40,6 +50,23 @@ def _new_run(flags: dict):
 
 def cmd_train(args) -> int:
     comm = communicator(args.distributed or "auto", reduce=args.reduce or "ordered")
+    if comm.size == 1:
+        return _cmd_train(args, comm)
+    try:
+        return _cmd_train(args, comm)
+    except (XpmlpError, KeyboardInterrupt):  # met by every process alike (see distributed.py)
+        raise
+    except Exception as exc:  # this process's own: say it here, and end the job's other ones
+        if comm.failed_communicating(exc):  # another process failed and says so: the launcher
+            time.sleep(PEER_GRACE_S)  # is ending the job; only if it does not, say it here
+        said = describe(exc).partition("\n")[0]
+        print(f"xpmlp: error: {said} (on rank {comm.rank}; every process of the job is ended)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        comm.abort(2)
+        return 2  # not reached: abort ends this process too
+
+
+def _cmd_train(args, comm) -> int:
     limit_blas_threads(comm)
     flags = explicit_flags(args)
     if comm.size > 1:  # one gradient shard per process
@@ -50,45 +77,69 @@ def cmd_train(args) -> int:
     path, ckpt = on_root(comm, lambda: _open_run(args, flags, opened))
     run = opened.get("run") or RunDir(path, writer=False)
     with run:
-        if ckpt is not None:
-            train, data = resumed_settings(flags, ckpt)
-            if comm.size < train.grad_shards and comm.rank == 0:
-                print(f"xpmlp: the run was trained by {train.grad_shards} processes; this job "
-                      f"has {comm.size}, which computes their {train.grad_shards} gradient shards "
-                      "itself (the same result)", file=sys.stderr)  # fmt: skip
-            state = ckpt["meta"]["trainer"]  # a malformed one is refused by resume_from below
-            epoch = state.get("epoch") if isinstance(state.get("epoch"), int) else -1
-            if epoch >= train.epochs or (epoch >= 0 and state.get("stopped_early") is True):
-                how = "stopped early" if state.get("stopped_early") else "finished"
-                if comm.rank == 0:
-                    print(f"the run in {run.path} has {how} at epoch {state['epoch']}; nothing "
-                          "to do (pass a larger --epochs to extend it)")  # fmt: skip
-                return 0
-        else:
-            train, data, model_settings = _new_run(flags)
-        backend = backend_for(args.device or "auto", comm)
-        model = model_of(ckpt, device=backend) if ckpt else None
-        dtype = model.dtype_name if model else model_settings["dtype"]
-        saved_scaler = scaler_of(ckpt) if ckpt else None
-        prepared = prepare(data, seed=train.seed, dtype=dtype, scaler=saved_scaler)
-        n_features, n_classes = prepared.train[0].shape[1], len(prepared.classes)
-        if model is None:
-            model = MLP([n_features, *model_settings.pop("hidden"), n_classes],
-                        device=backend, seed=train.seed, **model_settings)  # fmt: skip
-            run.create(overwrite=bool(args.overwrite))
-        else:
-            saved = ckpt["meta"].get("classes")
-            if saved is not None and saved != prepared.classes.tolist():
-                raise DataError(f"the labels of {prepared.source} make other classes than the "
-                                "run's; resume it with the data it was trained on")  # fmt: skip
-            sizes = model.layer_sizes
-            if (sizes[0], sizes[-1]) != (n_features, n_classes):
-                raise DataError(f"{prepared.source} has {n_features} features and {n_classes} "
-                                f"classes; the run's model has {sizes[0]} and {sizes[-1]}")  # fmt: skip
-        trainer = Trainer(model, train, comm=comm)
-        if ckpt is not None:
-            resume_from(trainer, ckpt)
+        # Every process loads the data and builds the model; they then check, in one exchange,
+        # that none failed and that they agree on the flags and the data's fingerprint.
+        ready = together(comm, lambda: _set_up(args, flags, ckpt, comm, run.path),
+                         facts=lambda ready: _facts(flags, ready))  # fmt: skip
+        if ready is None:
+            return 0
+        trainer, prepared, data = ready
+        if ckpt is None:
+            on_root(comm, lambda: run.create(overwrite=bool(args.overwrite)) and None)
         return _train(trainer, run, prepared, data, quiet=bool(args.quiet) or comm.rank != 0)
+
+
+def _facts(flags: dict, ready) -> dict:
+    found = {"--" + name.replace("_", "-"): value for name, value in flags.items()}
+    if ready is not None:
+        found["the data's fingerprint"] = ready[1].fingerprint["sha256"]
+    return found
+
+
+def _set_up(args, flags: dict, ckpt, comm, path: Path):
+    """(trainer, prepared data, data config) of the run, or None when a resumed one has nothing
+    left to do. Writes nothing."""
+    if ckpt is not None:
+        train, data = resumed_settings(flags, ckpt)
+        if comm.size < train.grad_shards and comm.rank == 0:
+            print(f"xpmlp: the run was trained by {train.grad_shards} processes; this job "
+                  f"has {comm.size}, which computes their {train.grad_shards} gradient shards "
+                  "itself (the same result)", file=sys.stderr)  # fmt: skip
+        state = ckpt["meta"]["trainer"]  # a malformed one is refused by resume_from below
+        epoch = state.get("epoch") if isinstance(state.get("epoch"), int) else -1
+        if epoch >= train.epochs or (epoch >= 0 and state.get("stopped_early") is True):
+            how = "stopped early" if state.get("stopped_early") else "finished"
+            if comm.rank == 0:
+                print(f"the run in {path} has {how} at epoch {state['epoch']}; nothing "
+                      "to do (pass a larger --epochs to extend it)")  # fmt: skip
+            return None
+    else:
+        train, data, model_settings = _new_run(flags)
+    backend = backend_for(args.device or "auto", comm)
+    model = model_of(ckpt, device=backend) if ckpt else None
+    dtype = model.dtype_name if model else model_settings["dtype"]
+    saved_scaler = scaler_of(ckpt) if ckpt else None
+    prepared = prepare(data, seed=train.seed, dtype=dtype, scaler=saved_scaler)
+    n_features, n_classes = prepared.train[0].shape[1], len(prepared.classes)
+    if model is None:
+        model = MLP([n_features, *model_settings.pop("hidden"), n_classes],
+                    device=backend, seed=train.seed, **model_settings)  # fmt: skip
+    else:
+        check_unchanged(ckpt["meta"].get("data_fingerprint"), prepared.fingerprint,
+                        what=f"the data in {prepared.source}",
+                        accept=bool(args.accept_changed_data))  # fmt: skip
+        saved = ckpt["meta"].get("classes")
+        if saved is not None and saved != prepared.classes.tolist():
+            raise DataError(f"the labels of {prepared.source} make other classes than the "
+                            "run's; resume it with the data it was trained on")  # fmt: skip
+        sizes = model.layer_sizes
+        if (sizes[0], sizes[-1]) != (n_features, n_classes):
+            raise DataError(f"{prepared.source} has {n_features} features and {n_classes} "
+                            f"classes; the run's model has {sizes[0]} and {sizes[-1]}")  # fmt: skip
+    trainer = Trainer(model, train, comm=comm)
+    if ckpt is not None:
+        resume_from(trainer, ckpt)
+    return trainer, prepared, data
 
 
 def _open_run(args, flags: dict, opened: dict):
@@ -141,7 +192,7 @@ def _train(trainer, run, prepared: Prepared, data: DataConfig, *, quiet: bool) -
             trainer, run, checked, scaler=prepared.scaler, classes=prepared.classes,
             data=data.to_dict(), info={"data_source": prepared.source, "n_train": len(y_train)},
             callbacks=[lambda trainer, record: progress.on_epoch(record)],
-            on_batch=progress.on_batch, notify=progress.message,
+            on_batch=progress.on_batch, notify=progress.message, fingerprint=prepared.fingerprint,
         )  # fmt: skip
     except KeyboardInterrupt as exc:
         progress.close()

@@ -2,7 +2,8 @@
 
 ``idx`` reads and writes IDX files; ``datasets`` finds, downloads and loads MNIST and
 Fashion-MNIST; ``userdata`` reads a user's ``.npz``/``.csv``; ``inputs`` checks features and
-labels (on the host, or on a device through ``xp``) and scales them (:class:`Scaler`).
+labels (on the host, or on a device through ``xp``) and scales them (:class:`Scaler`);
+``fingerprint`` sums up what a run was trained on, to refuse resuming it on other data.
 
 Imports from: xpmlp.errors, xpmlp.files, xpmlp.backend.
 """

@@ -14,11 +14,24 @@ gradient buffer:
 The step's stop flag (a SIGINT/SIGTERM received by any rank) travels with the gradient, so every
 rank stops at the same step boundary. Loss and correct counts are reduced once per epoch, in rank
 order. mpi4py is imported only when MPI is asked for.
+
+No rank waits forever for one that failed. An error is met by every rank at the same point:
+
+- computing a step's gradient: the rank sends zeros with the flag :data:`FAILED` in place of the
+  stop flag, and every rank raises the first failing rank's error (:func:`reduce_step`);
+- on rank 0's run directory (:func:`on_root`): its outcome is broadcast;
+- at start (:func:`together`): the ranks exchange their errors, settings and data fingerprint
+  once, and all refuse when any failed or when they differ.
+
+So in a job an :class:`~xpmlp.errors.XpmlpError` (or an interrupt) is raised on every rank alike,
+and rank 0 reports it; any other exception is one rank's own, which the command line reports
+there and answers by aborting the job (:meth:`MPI.abort`).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 
@@ -30,6 +43,11 @@ REDUCTIONS = ("ordered", "allreduce")
 # Set by mpiexec/srun launchers (MPICH/Hydra, Open MPI, PMIx, MVAPICH) in every process they start.
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
 LAUNCHER_VARIABLES = (*LAUNCHER_SIZE_VARIABLES, "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
+FAILED = 255  # in place of a step's stop flag (a signal number): this rank's gradient failed
+
+
+class JobError(XpmlpError, RuntimeError):
+    """An error one process of a distributed job met, raised on every process at the same point."""
 
 
 def shard_bounds(n: int, shards: int, index: int) -> tuple[int, int]:
@@ -53,6 +71,9 @@ class Local:
 
     def broadcast(self, obj):
         return obj
+
+    def allgather(self, obj) -> list:
+        return [obj]
 
 
 class MPI:
@@ -79,12 +100,14 @@ class MPI:
         local.Free()
 
     def reduce_gradients(self, grad: np.ndarray, stop: int):
-        """The sum of every rank's ``grad`` (a host array) and the largest stop flag: one call."""
+        """The sum of every rank's ``grad`` (a host array) and the largest stop flag: one call
+        (and a second one in the rare step where some flag is set, with ``allreduce``)."""
         send = np.empty(grad.shape[0] + 1, dtype=grad.dtype)
         send[:-1], send[-1] = grad, stop
         if self.reduce == "allreduce":
             self.comm.Allreduce(self._mpi.IN_PLACE, send, op=self._mpi.SUM)
-            return send[:-1], int(send[-1])
+            flag = int(send[-1])  # a sum of flags: which one is largest, every rank asks once
+            return send[:-1], max(self.comm.allgather(stop)) if flag else 0
         gathered = np.empty((self.size, send.shape[0]), dtype=grad.dtype)
         self.comm.Allgather(send, gathered)
         return _sum_rows(gathered[:, :-1]), int(gathered[:, -1].max())
@@ -96,6 +119,18 @@ class MPI:
 
     def broadcast(self, obj):
         return self.comm.bcast(obj, root=0)
+
+    def allgather(self, obj) -> list:
+        return self.comm.allgather(obj)
+
+    def failed_communicating(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is MPI's own error: most often another process failed or left."""
+        return isinstance(exc, self._mpi.Exception)
+
+    def abort(self, status: int) -> None:
+        """End every process of the job now, with exit status ``status``."""
+        self.comm.Abort(status)
+        os._exit(status)  # MPICH's Abort may return before the launcher's kill lands
 
 
 def _sum_rows(rows: np.ndarray) -> np.ndarray:
@@ -154,18 +189,98 @@ def blas_threads_per_rank(local_size: int) -> int:
 
 
 def on_root(comm, work):
-    """``work()`` on rank 0 only (what touches the run directory); its result, or the
-    :class:`~xpmlp.errors.XpmlpError` it raised, on every rank."""
-    outcome = None
+    """``work()`` on rank 0 only (what touches the run directory); its result, or the error it
+    raised, on every rank (in a job, as a :class:`JobError` where it was not an XpmlpError)."""
+    if comm.size == 1:
+        return work()
+    outcome = error = None
     if comm.rank == 0:
         try:
             outcome = ("result", work())
-        except XpmlpError as exc:
-            outcome = ("error", exc)
+        except Exception as exc:
+            outcome, error = ("error", _portable(exc, 0)), exc
     kind, value = comm.broadcast(outcome)
     if kind == "error":
-        raise value
+        raise value from (error if comm.rank == 0 else None)
     return value
+
+
+def together(comm, work, facts=None):
+    """``work()`` on every rank, then one exchange: when it failed on any rank, every rank raises
+    the first failure; when the ranks' ``facts(result)`` (a dict: their settings, the data's
+    fingerprint) differ, every rank raises a ConfigError naming the first difference."""
+    if comm.size == 1:
+        return work()
+    result = error = mine = None
+    try:
+        result = work()
+        mine = facts(result) if facts is not None else {}
+    except Exception as exc:
+        error = exc
+    gathered = comm.allgather((_portable(error, comm.rank), mine))
+    _raise_first([failure for failure, _ in gathered], cause=error)
+    _refuse_differences([found for _, found in gathered])
+    return result
+
+
+def reduce_step(comm, gradient, stop: int, *, size: int, dtype) -> tuple:
+    """``comm.reduce_gradients(gradient(), stop)``; when ``gradient()`` fails on a rank, that rank
+    sends zeros of (size,) and :data:`FAILED`, and every rank raises the first failure here."""
+    try:
+        grad, error = gradient(), None
+    except Exception as exc:
+        grad, error = np.zeros(size, dtype=dtype), exc
+    total, flag = comm.reduce_gradients(grad, FAILED if error is not None else stop)
+    if flag == FAILED:
+        _raise_first(comm.allgather(_portable(error, comm.rank)), cause=error)
+    return total, flag
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in one line: ours and the OS's by their message, others by type too."""
+    if isinstance(exc, XpmlpError | OSError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _portable(exc: BaseException | None, rank: int):
+    """What another rank can raise for ``exc``: itself where it is one of ours and pickles, else
+    a :class:`JobError` with its message; a rank other than 0 is named."""
+    if exc is None:
+        return None
+    if rank == 0 and isinstance(exc, XpmlpError):
+        try:
+            return pickle.loads(pickle.dumps(exc))
+        except Exception:
+            pass
+    where = f"on rank {rank}: " if rank else ""
+    return JobError(where + describe(exc))
+
+
+def _raise_first(failures: list, *, cause: BaseException | None = None) -> None:
+    for failure in failures:
+        if failure is not None:
+            raise failure from cause
+
+
+MISSING = "not given"
+
+
+def _refuse_differences(found: list[dict]) -> None:
+    first = found[0]
+    for rank, other in enumerate(found[1:], start=1):
+        for name in sorted(first.keys() | other.keys()):
+            ours, theirs = first.get(name, MISSING), other.get(name, MISSING)
+            if ours != theirs:
+                raise ConfigError(
+                    f"the processes of this job differ: {name} is {_shown(theirs)} on rank "
+                    f"{rank} but {_shown(ours)} on rank 0; start every process with the same "
+                    "command and data"
+                )
+
+
+def _shown(value) -> str:
+    return value if value is MISSING else repr(value)
 
 
 def launched_rank() -> int:

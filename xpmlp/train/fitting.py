@@ -8,12 +8,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..core.model import MLP
+from ..data.fingerprint import check_unchanged, fingerprint
 from ..data.inputs import Scaler
 from ..errors import CheckpointError, ConfigError, install_hint
 from . import reporting
 from .checkpoint import checkpoint_name
 from .config import DataConfig, TrainConfig
-from .distributed import communicator, on_root
+from .distributed import communicator, on_root, together
 from .fitdata import FitData
 from .runs import RunDir, trainer_state
 from .signals import DeferredStop
@@ -23,7 +24,7 @@ from .trainer import Trainer
 RESUMABLE = ("epochs", "checkpoint_every", "keep_checkpoints")
 # Command-line flags a resumed run may change; every other explicit one must match the run's.
 RESUME_FLAGS = (*RESUMABLE, "data_dir", "no_download", "device", "quiet", "resume", "out",
-                "distributed", "reduce")  # fmt: skip
+                "distributed", "reduce", "accept_changed_data")  # fmt: skip
 
 
 def fit(
@@ -42,6 +43,7 @@ def fit(
     verbose: bool | None = None,
     distributed=None,
     sample_weight=None,
+    accept_changed_data: bool = False,
     **settings,
 ) -> list[dict]:
     """Train ``model`` on (X, y) with minibatch gradient descent; returns the per-epoch history.
@@ -60,7 +62,9 @@ def fit(
     resume : bool
         Continue the run in ``out`` from its newest checkpoint, bit for bit (a fresh run when it
         has none, so the call is safe to repeat). The model's config and the training settings
-        must match the run's, except ``epochs``, ``checkpoint_every`` and ``keep_checkpoints``.
+        must match the run's, except ``epochs``, ``checkpoint_every`` and ``keep_checkpoints``;
+        so must the data (their fingerprint, :mod:`xpmlp.data.fingerprint`), unless
+        ``accept_changed_data``.
     overwrite : bool
         Replace a run already in ``out``.
     scaler : Scaler, optional
@@ -78,6 +82,8 @@ def fit(
     sample_weight : array of shape (n_samples,), optional
         Weights of the samples' losses: a batch's loss is ``sum(w_i l_i) / sum(w)``. They are not
         saved in ``out``: pass them again to resume.
+    accept_changed_data : bool
+        Resume on data other than the run's (whose fingerprint differs from the one it recorded).
     **settings
         :class:`~xpmlp.train.config.TrainConfig` fields (``optimizer``, ``lr``, ``batch_size``,
         ``epochs``, ``schedule``, ``seed``, ...), alone or overriding ``config``'s.
@@ -101,9 +107,19 @@ def fit(
         communicator(distributed or "none") if isinstance(distributed, str | None) else distributed
     )
     trainer = Trainer(model, config, comm=comm, **settings)
-    # Checked before anything is written: bad data leave no run directory behind.
-    data = trainer.check_data(X, y, validation_data=validation_data, test_data=test_data,
-                              sample_weight=sample_weight)  # fmt: skip
+
+    def checked():  # before anything is written: bad data leave no run directory behind
+        data = trainer.check_data(X, y, validation_data=validation_data, test_data=test_data,
+                                  sample_weight=sample_weight)  # fmt: skip
+        if out is None and comm.size == 1:  # hashing copies device arrays to the host
+            return data, None
+        arrays = {"X": X, "y": y, "sample_weight": sample_weight}
+        for name, pair in (("val", validation_data), ("test", test_data)):
+            arrays.update({f"X_{name}": pair[0], f"y_{name}": pair[1]} if pair else {})
+        return data, fingerprint(arrays)
+
+    # The processes of a job check that they agree on the settings and the data.
+    data, given = together(comm, checked, facts=lambda found: _facts(trainer, found[1]))
     if verbose is None:
         verbose = sys.stderr.isatty() or "ipykernel" in sys.modules
     verbose = verbose and comm.rank == 0
@@ -124,12 +140,22 @@ def fit(
     with run:  # its lock is released (and its file removed) however training ends
         ckpt = on_root(comm, open_here)
         if ckpt is not None:
+            check_unchanged(ckpt["meta"].get("data_fingerprint"), given,
+                            what="the data passed to fit", accept=accept_changed_data)  # fmt: skip
             resume_from(trainer, ckpt)
         try:
             return train_in_run(trainer, run, data, scaler=scaler, callbacks=callbacks,
-                                on_batch=progress.on_batch, notify=progress.message)  # fmt: skip
+                                on_batch=progress.on_batch, notify=progress.message,
+                                fingerprint=given)  # fmt: skip
         finally:
             progress.close()
+
+
+def _facts(trainer: Trainer, given: dict | None) -> dict:
+    """What the processes of a job must agree on: settings, model and data."""
+    model = {f"the model's {name}": value for name, value in trainer.model.config().items()}
+    data = given["sha256"] if given else None
+    return {**trainer.config.to_dict(), **model, "the data's fingerprint": data}
 
 
 def resume_from(trainer: Trainer, ckpt: dict) -> None:
@@ -168,7 +194,8 @@ def setting_conflicts(config: TrainConfig, saved: dict) -> list[tuple]:
 def train_in_run(trainer: Trainer, run: RunDir, checked: FitData, *,
                  scaler: Scaler | None = None, classes=None, data: dict | None = None,
                  info: dict | None = None, callbacks: Sequence[Callable] = (), on_batch=None,
-                 notify: Callable[[str], None] | None = None) -> list[dict]:  # fmt: skip
+                 notify: Callable[[str], None] | None = None,
+                 fingerprint: dict | None = None) -> list[dict]:  # fmt: skip
     """:meth:`Trainer.fit_checked` that leaves a run directory behind: config, metrics,
     checkpoints, curves. ``checked`` is :meth:`Trainer.check_data`'s, so bad data are refused
     before the run is made.
@@ -178,26 +205,23 @@ def train_in_run(trainer: Trainer, run: RunDir, checked: FitData, *,
     next step boundary (:class:`~xpmlp.train.signals.DeferredStop`); on an interrupt the last completed
     epoch is saved, and curves.png drawn from the epochs so far, before
     :class:`~xpmlp.train.signals.Interrupted` propagates. ``data`` (where the data
-    came from) goes into the checkpoints, ``info`` into config.json, and ``notify(text)`` hears
-    what the user should know (a skipped plot).
+    came from) goes into the checkpoints, ``info`` into config.json, ``fingerprint`` (the data's,
+    :mod:`xpmlp.data.fingerprint`) into both, and ``notify(text)`` hears what the user should
+    know (a skipped plot). In a job, rank 0 writes, and a failed write raises on every rank.
     """
-    model, config = trainer.model, trainer.config
+    model, config, comm = trainer.model, trainer.config, trainer.comm
 
     def save() -> None:
         run.save(trainer.state_dict(), model=model, data=data, scaler=scaler, classes=classes,
-                 keep=config.keep_checkpoints)  # fmt: skip
+                 keep=config.keep_checkpoints, fingerprint=fingerprint)  # fmt: skip
 
-    def after_epoch(trainer: Trainer, record: dict) -> None:
-        if record["epoch"] % config.checkpoint_every == 0 or trainer.done or trainer.stop_requested:
-            save()
-        run.append_metrics(record)
-
-    with DeferredStop() as stop:
+    def start() -> None:
         run.write_config({
             "train": config.to_dict(), "model": model.config(), "data": data,
+            "data_fingerprint": fingerprint,
             "scaling": scaler.method if scaler is not None else None,
             "device": model.backend.spec, "device_name": model.backend.device_name(),
-            "processes": trainer.comm.size, **(info or {}),
+            "processes": comm.size, **(info or {}),
         })  # fmt: skip
         run.write_metrics(trainer.history)
         if run.writer:
@@ -205,11 +229,25 @@ def train_in_run(trainer: Trainer, run: RunDir, checked: FitData, *,
         latest = run.latest()
         if latest is None or latest.name != checkpoint_name(trainer.epoch):
             save()
+
+    def after_epoch(trainer: Trainer, record: dict) -> None:
+        due = record["epoch"] % config.checkpoint_every == 0
+        due = due or trainer.done or trainer.stop_requested
+
+        def write() -> None:
+            if due:
+                save()
+            run.append_metrics(record)
+
+        on_root(comm, write)  # a failed write ends every process of a job here, together
+
+    with DeferredStop() as stop:
+        on_root(comm, start)
         trainer.stop_signal = stop
         try:
             trainer.fit_checked(checked, callbacks=[after_epoch, *callbacks], on_batch=on_batch)
         except KeyboardInterrupt:
-            save()
+            on_root(comm, save)
             _plot_so_far(trainer, run)
             raise
         finally:

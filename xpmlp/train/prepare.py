@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import datasets, userdata
+from ..data.fingerprint import fingerprint
 from ..data.inputs import Scaler, check_finite, encode_labels, find_classes
 from ..errors import DataError
 from .config import DataConfig
@@ -53,6 +54,7 @@ class Prepared:
     scaler: Scaler
     classes: np.ndarray
     source: str
+    fingerprint: dict  # of the arrays as loaded (see xpmlp.data.fingerprint)
 
 
 def scaled(scaler: Scaler, X, dtype: str, where: str):
@@ -63,6 +65,7 @@ def scaled(scaler: Scaler, X, dtype: str, where: str):
 
 def prepare(data: DataConfig, *, seed: int, dtype: str, scaler: Scaler | None) -> Prepared:
     X, y, X_test, y_test, classes, source = load_data(data)
+    loaded = fingerprint({"X": X, "y": y, "X_test": X_test, "y_test": y_test})
     if classes is None:
         classes = find_classes(y, y_test, where=f"the labels of {source}")
     y = encode_labels(y, classes, where=source)
@@ -78,5 +81,5 @@ def prepare(data: DataConfig, *, seed: int, dtype: str, scaler: Scaler | None) -
         test=(scaled(scaler, X_test, dtype, data.test_dataset or source), y_test)
         if X_test is not None
         else None,
-        scaler=scaler, classes=classes, source=source,
+        scaler=scaler, classes=classes, source=source, fingerprint=loaded,
     )  # fmt: skip

@@ -224,8 +224,10 @@ class RunDir:
         return checkpoint.checkpoints_in(self.checkpoints) if self.checkpoints.is_dir() else []
 
     def save(self, state: dict, *, model: MLP, data: dict | None = None,
-             scaler: Scaler | None = None, classes=None, keep: int = 3) -> Path | None:  # fmt: skip
+             scaler: Scaler | None = None, classes=None, keep: int = 3,
+             fingerprint: dict | None = None) -> Path | None:  # fmt: skip
         """Write ``state`` (:meth:`Trainer.state_dict`) as the checkpoint of its epoch; prune.
+        ``fingerprint`` is the data's (:mod:`xpmlp.data.fingerprint`), checked on resume.
 
         Returns the path written (None when this process is not the writer).
         """
@@ -238,6 +240,7 @@ class RunDir:
             "data": data,
             "scaling": scaler.method if scaler is not None else None,
             "classes": None if classes is None else np.asarray(classes).tolist(),
+            "data_fingerprint": fingerprint,
             "rng": {"seed": state["meta"]["config"]["seed"],
                     "streams": "numpy.random.default_rng([seed, purpose, epoch]); resumes at "
                                f"epoch {epoch}"},

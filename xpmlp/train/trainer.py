@@ -19,7 +19,7 @@ from ..core.model import MLP
 from ..core.optim import FLAT, Optimizer, Schedule, clip_grad_norm, make_optimizer
 from ..errors import CheckpointError, ConfigError, DataError, DivergedError, NonFiniteError
 from .config import TrainConfig
-from .distributed import Local, shard_bounds
+from .distributed import Local, reduce_step, shard_bounds
 from .fitdata import FitData, check_fit_data
 from .health import (
     DIVERGENCE_FACTOR,
@@ -168,12 +168,12 @@ class Trainer:
         sums = self._zero_sums() if sums is None else sums
         if self._grad is None or self._grad.dtype != self.model.dtype:
             self._grad = self.model.xp.zeros_like(self.model.flat)  # zeros in its gaps
-        if weights is not None:
+        if self.comm.size > 1:
+            grad = self._reduce(lambda: to_numpy(self._local_gradient(Xb, yb, masks, sums)))
+        elif weights is not None:
             grad, sums[0] = self.model.train_gradients(Xb, yb, masks, sums[0], self._grad, weights)
         else:
             grad = self._local_gradient(Xb, yb, masks, sums)
-        if self.comm.size > 1:
-            grad = self._reduce(grad)
         self.apply_gradients(grad, lr=lr)
         return sums
 
@@ -200,10 +200,14 @@ class Trainer:
             total = grad if total is None else _added(model, total, grad)
         return total
 
-    def _reduce(self, grad):
-        """The sum over processes, in one call that also says whether any received a signal."""
+    def _reduce(self, local_gradient):
+        """The sum over processes of ``local_gradient()``, in one call that also says whether any
+        received a signal or failed to compute its part (see :func:`reduce_step`)."""
         signal = self.stop_signal.received if self.stop_signal is not None else None
-        total, self._collective_stop = self.comm.reduce_gradients(to_numpy(grad), signal or 0)
+        total, self._collective_stop = reduce_step(
+            self.comm, local_gradient, signal or 0,
+            size=self.model.flat.shape[0], dtype=self.model.dtype_name,
+        )  # fmt: skip
         return self.model.backend.asarray(total, self.model.dtype)
 
     def _check_stop(self) -> None:
@@ -323,7 +327,7 @@ class Trainer:
 
     def _run_epochs(self, X, y, validation_data, test_data, callbacks, on_batch) -> None:
         while not self.done and not self.stop_requested:
-            if self.stop_signal is not None:
+            if self.stop_signal is not None and self.comm.size == 1:  # a job's: at the next step
                 self.stop_signal.check()
             good = self.snapshot()
             try:
