@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from optional import need
 
-from xpmlp import Backend, ConfigError, DeviceError, get_backend, to_numpy
+from xpmlp import Backend, ConfigError, DeviceError, get_backend, machine, to_numpy
 from xpmlp import backend as backend_module
 
 CUPY_12 = 'pip install "cupy-cuda12x[ctk]>=14"'
@@ -379,17 +379,17 @@ def test_the_smallest_memory_limit_wins_and_is_named(tmp_path, monkeypatch):
     v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
     v2.write_text("max\n")  # cgroup v2 without a limit
     v1.write_text(f"{2**30}\n")
-    monkeypatch.setattr(backend_module, "CGROUP_MEMORY_FILES", (str(v2), str(v1)))
-    size, name = backend_module.memory_limit()
+    monkeypatch.setattr(machine, "CGROUP_MEMORY_FILES", (str(v2), str(v1)))
+    size, name = machine.memory_limit()
     assert size == 2**30 and name == f"the cgroup memory limit ({v1})"
     v2.write_text(f"{2**29}\n")
-    assert backend_module.memory_limit() == (2**29, f"the cgroup memory limit ({v2})")
+    assert machine.memory_limit() == (2**29, f"the cgroup memory limit ({v2})")
 
 
 def test_without_a_cgroup_limit_physical_memory_or_rlimit_as_is_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(backend_module, "CGROUP_MEMORY_FILES", (str(tmp_path / "absent"),))
-    size, name = backend_module.memory_limit()
-    assert size <= backend_module.host_memory_bytes()
+    monkeypatch.setattr(machine, "CGROUP_MEMORY_FILES", (str(tmp_path / "absent"),))
+    size, name = machine.memory_limit()
+    assert size <= machine.host_memory_bytes()
     assert name in ("this machine's memory", "the address-space limit RLIMIT_AS (ulimit -v)")
 
 
@@ -397,7 +397,7 @@ def test_a_large_network_is_refused_naming_the_cgroup_limit(tmp_path, monkeypatc
     from xpmlp.data.inputs import check_layer_sizes
 
     (tmp_path / "memory.max").write_text(f"{2**30}\n")
-    monkeypatch.setattr(backend_module, "CGROUP_MEMORY_FILES", (str(tmp_path / "memory.max"),))
+    monkeypatch.setattr(machine, "CGROUP_MEMORY_FILES", (str(tmp_path / "memory.max"),))
     assert check_layer_sizes([784, 300, 10]) == (784, 300, 10)
     with pytest.raises(ConfigError, match=r"the cgroup memory limit \(.*memory.max\) is 1.0 GiB"):
         check_layer_sizes([784, 10000, 10000, 10])

@@ -7,7 +7,7 @@ NumPy on the CPU, CuPy on CUDA GPUs, chosen at run time::
     history = xpmlp.fit(model, X_train, y_train, epochs=10, validation_data=(X_val, y_val))
 
 The package's door: its public names, from the layers below (docs/architecture.md). The
-ground is ``errors``, ``files`` and ``backend``; above it ``data``, ``core``, ``train``, then
+ground is ``errors``, ``files``, ``machine`` and ``backend``; above it ``data``, ``core``, ``train``, then
 ``doctor``, ``sklearn`` and ``cli``.
 """
 

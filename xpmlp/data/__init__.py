@@ -5,7 +5,7 @@ Fashion-MNIST; ``userdata`` reads a user's ``.npz``/``.csv``; ``inputs`` checks 
 labels (on the host, or on a device through ``xp``) and scales them (:class:`Scaler`);
 ``fingerprint`` sums up what a run was trained on, to refuse resuming it on other data.
 
-Imports from: xpmlp.errors, xpmlp.files, xpmlp.backend.
+Imports from: xpmlp.errors, xpmlp.files, xpmlp.machine, xpmlp.backend.
 """
 
 from .datasets import Dataset, load_dataset

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import memory_limit, to_numpy
+from ..backend import to_numpy
 from ..errors import CheckpointError, ConfigError, DataError
+from ..machine import memory_limit
 
 MAX_LABEL = 2**31 - 1  # a label beyond this is surely a mistake
 MAX_CLASSES = 10_000
