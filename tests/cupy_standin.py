@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -351,27 +352,65 @@ def _allocation(function):
     return allocate
 
 
+def kernel_mode() -> str:
+    """``XPMLP_STANDIN_KERNELS``: ``twins`` (the default) or ``emulated``."""
+    mode = os.environ.get("XPMLP_STANDIN_KERNELS", "twins")
+    if mode not in ("twins", "emulated"):
+        raise ValueError(f"XPMLP_STANDIN_KERNELS={mode!r}: twins or emulated")
+    return mode
+
+
 class RawModule:
-    """``cupy.RawModule(code=..., options=...)``: its functions run xpmlp's NumPy twins."""
+    """``cupy.RawModule(code=..., options=...)``: its functions run xpmlp's NumPy twins, or, with
+    ``XPMLP_STANDIN_KERNELS=emulated``, the CUDA source itself on the CPU (tests/cuda_emulator:
+    CuPy's argument rules, barriers, flush-to-zero for float32; ``XPMLP_STANDIN_SEED``, 1 unless
+    set, shuffles the order of blocks and threads, 0 keeps it; ``XPMLP_STANDIN_GUARD=end`` or
+    ``start`` puts guard pages around every buffer)."""
 
     def __init__(self, code: str = "", options: tuple = (), **kwargs):
         self.code, self.options = code, options
+        self._emulated = None
+        if kernel_mode() == "emulated":
+            import cuda_emulator
+
+            self._emulated = cuda_emulator.Module(
+                code, options, seed=int(os.environ.get("XPMLP_STANDIN_SEED", "1")),
+                guard=os.environ.get("XPMLP_STANDIN_GUARD") or None,
+            )  # fmt: skip
 
     def get_function(self, name: str):
         from xpmlp.core.kernels import TWINS
 
         if kernel_faults.get(name) == "compile" or name not in TWINS:
             raise RuntimeError(f"CompileException: {name}: stand-in compilation failure")
+        run = _emulated_launcher(self._emulated.get_function(name)) if self._emulated else None
         twin = TWINS[name]
 
         def launch(grid, block, args, shared_mem=0, stream=None):
             counters.launches += 1
-            host = _unwrap(tuple(args))
-            twin(*host)
+            if run is not None:
+                first = run(grid, block, args, shared_mem)
+            else:
+                host = _unwrap(tuple(args))
+                twin(*host)
+                first = host[0]
             if kernel_faults.get(name) == "wrong":
-                host[0].reshape(-1)[0] += 1  # its first output is off
+                first.reshape(-1)[0] += 1  # its first output is off
 
         return launch
+
+
+def _emulated_launcher(function):
+    """The emulated kernel with the stand-in's arrays as device pointers (on the current
+    device, as CuPy requires); returns the first argument's memory."""
+    from cuda_emulator import DeviceArray
+
+    def run(grid, block, args, shared_mem):
+        args = tuple(DeviceArray(_unwrap(a)) if isinstance(a, ndarray) else a for a in args)
+        function(grid, block, args, shared_mem)
+        return args[0].array if isinstance(args[0], DeviceArray) else None
+
+    return run
 
 
 # ---------------------------------------------------------------------- cupy.cuda
@@ -485,7 +524,11 @@ _MODULES = _build()
 
 
 def _is_swapped(name: str) -> bool:
-    return name == "cupy" or name.startswith(("cupy.", "array_api_compat.cupy"))
+    # cupyx too: a real CuPy imported earlier leaves a lazy ``cupyx`` in sys.modules whose first
+    # touch (inspect walks sys.modules when torch is first imported) imports cupy._core
+    return name in ("cupy", "cupyx") or name.startswith(
+        ("cupy.", "cupyx.", "array_api_compat.cupy")
+    )
 
 
 @contextlib.contextmanager
