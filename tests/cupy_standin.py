@@ -15,8 +15,9 @@ NumPy underneath, but with what makes CuPy code differ from NumPy code:
   views and uninitialised allocations are free, as in CuPy), host to device copies, device to
   host copies and host syncs;
 - ``cupy.RawModule``: a "compiled" CUDA module whose functions run xpmlp's NumPy twin of the
-  kernel of that name, one launch each; ``kernel_faults`` makes one fail to compile or compute
-  a wrong result, to test the fallback.
+  kernel of that name, one launch each, or with ``XPMLP_STANDIN_KERNELS=emulated`` the CUDA
+  source itself, on the CPU (tests/cuda_emulator); ``kernel_faults`` makes one fail to compile
+  or compute a wrong result, to test the fallback.
 
 Install it with :func:`installed` (a context manager that puts it in ``sys.modules``, with the
 ``array_api_compat.cupy`` wrapper re-imported over it, and takes both out again afterwards).
