@@ -19,9 +19,10 @@ NumPy underneath, but with what makes CuPy code differ from NumPy code:
   (``cudaSetDevice`` creates it since CUDA 12; CuPy's ``with Device(i)`` sets the previous device
   again on exit, even device 0 that was never used) or by creating an array there;
 - ``cupy.RawModule``: a "compiled" CUDA module whose functions run xpmlp's NumPy twin of the
-  kernel of that name, one launch each; ``kernel_faults`` makes one fail to compile or compute
-  a wrong result, to test the fallback; ``cupy.cuda.compiler.compile_using_nvrtc`` and
-  ``cupy.cuda.function.Module`` load the same, with the options kept for tests to read.
+  kernel of that name, one launch each, or with ``XPMLP_STANDIN_KERNELS=emulated`` the CUDA
+  source itself, on the CPU (tests/cuda_emulator); ``kernel_faults`` makes one fail to compile
+  or compute a wrong result, to test the fallback; ``cupy.cuda.compiler.compile_using_nvrtc``
+  and ``cupy.cuda.function.Module`` load the same, with the options kept for tests to read.
 
 Install it with :func:`installed` (a context manager that puts it in ``sys.modules``, with the
 ``array_api_compat.cupy`` wrapper re-imported over it, and takes both out again afterwards).
@@ -383,25 +384,53 @@ def _allocation(function):
     return allocate
 
 
-class RawModule:
-    """``cupy.RawModule(code=..., options=...)``: its functions run xpmlp's NumPy twins."""
+def kernel_mode() -> str:
+    """``XPMLP_STANDIN_KERNELS``: ``twins`` (the default) or ``emulated``."""
+    mode = os.environ.get("XPMLP_STANDIN_KERNELS", "twins")
+    if mode not in ("twins", "emulated"):
+        raise ValueError(f"XPMLP_STANDIN_KERNELS={mode!r}: twins or emulated")
+    return mode
 
-    def __init__(self, code: str = "", options: tuple = (), **kwargs):
+
+class RawModule:
+    """``cupy.RawModule(code=..., options=...)``: its functions run xpmlp's NumPy twins, or, with
+    ``XPMLP_STANDIN_KERNELS=emulated``, the CUDA source itself on the CPU (tests/cuda_emulator:
+    CuPy's argument rules, barriers, flush-to-zero for float32; ``XPMLP_STANDIN_SEED``, 1 unless
+    set, shuffles the order of blocks and threads, 0 keeps it; ``XPMLP_STANDIN_GUARD=end`` or
+    ``start`` puts guard pages around every buffer)."""
+
+    def __init__(self, code: str = "", options: tuple = (), *, cupy_appends_ftz=True, **kwargs):
+        # cupy_appends_ftz: RawModule compiles with CuPy's -ftz=true last; NVRTC called
+        # directly (compile_using_nvrtc, then Module.load) takes the options as given
         self.code, self.options = code, options
+        self._emulated = None
+        if kernel_mode() == "emulated":
+            import cuda_emulator
+
+            self._emulated = cuda_emulator.Module(
+                code, options, seed=int(os.environ.get("XPMLP_STANDIN_SEED", "1")),
+                guard=os.environ.get("XPMLP_STANDIN_GUARD") or None,
+                cupy_appends_ftz=cupy_appends_ftz,
+            )  # fmt: skip
 
     def get_function(self, name: str):
         from xpmlp.core.kernels import TWINS
 
         if kernel_faults.get(name) == "compile" or name not in TWINS:
             raise RuntimeError(f"CompileException: {name}: stand-in compilation failure")
+        run = _emulated_launcher(self._emulated.get_function(name)) if self._emulated else None
         twin = TWINS[name]
 
         def launch(grid, block, args, shared_mem=0, stream=None):
             counters.launches += 1
-            host = _unwrap(tuple(args))
-            twin(*host)
+            if run is not None:
+                first = run(grid, block, args, shared_mem)
+            else:
+                host = _unwrap(tuple(args))
+                twin(*host)
+                first = host[0]
             if kernel_faults.get(name) == "wrong":
-                host[0].reshape(-1)[0] += 1  # its first output is off
+                first.reshape(-1)[0] += 1  # its first output is off
 
         return launch
 
@@ -425,10 +454,23 @@ class Module:
     raw: RawModule | None = None
 
     def load(self, binary: _Binary) -> None:
-        self.raw = RawModule(code=binary.decode(), options=binary.options)
+        self.raw = RawModule(code=binary.decode(), options=binary.options, cupy_appends_ftz=False)
 
     def get_function(self, name: str):
         return self.raw.get_function(name)
+
+
+def _emulated_launcher(function):
+    """The emulated kernel with the stand-in's arrays as device pointers (on the current
+    device, as CuPy requires); returns the first argument's memory."""
+    from cuda_emulator import DeviceArray
+
+    def run(grid, block, args, shared_mem):
+        args = tuple(DeviceArray(_unwrap(a)) if isinstance(a, ndarray) else a for a in args)
+        function(grid, block, args, shared_mem)
+        return args[0].array if isinstance(args[0], DeviceArray) else None
+
+    return run
 
 
 # ---------------------------------------------------------------------- cupy.cuda
@@ -547,7 +589,11 @@ _MODULES = _build()
 
 
 def _is_swapped(name: str) -> bool:
-    return name == "cupy" or name.startswith(("cupy.", "array_api_compat.cupy"))
+    # cupyx too: a real CuPy imported earlier leaves a lazy ``cupyx`` in sys.modules whose first
+    # touch (inspect walks sys.modules when torch is first imported) imports cupy._core
+    return name in ("cupy", "cupyx") or name.startswith(
+        ("cupy.", "cupyx.", "array_api_compat.cupy")
+    )
 
 
 @contextlib.contextmanager

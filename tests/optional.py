@@ -1,6 +1,6 @@
 """Optional components of the test suite: each skips with one reason that says how to enable it.
 
-A test that needs torch, CuPy, MPI, NVRTC, hadolint or the real dataset asks ``need(...)``. Where
+A test that needs torch, CuPy, MPI, NVRTC, hadolint, g++ or the real dataset asks ``need(...)``. Where
 the component is missing the test is skipped with the reason ``needs <component>: <how>``, and the
 run ends with one line per component (``905 need torch: pip install torch``; conftest.py). CI
 installs every component and lists them in ``XPMLP_REQUIRE`` (comma-separated): there a missing
@@ -31,6 +31,7 @@ HOW = {  # component: how to enable it on a developer's machine
     "sklearn": 'pip install ".[sklearn]"',
     "matplotlib": 'pip install ".[plot]"',
     "tqdm": 'pip install ".[progress]"',
+    "gxx": "apt-get install g++ (the CUDA emulator that runs the kernels' source: tests/cuda_emulator)",
 }
 
 MPIEXEC = shutil.which(
@@ -69,8 +70,8 @@ def need(component: str):
         if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
             missing(component)
         return FASHION_DIR
-    if component == "hadolint":
-        path = shutil.which("hadolint")
+    if component in ("hadolint", "gxx"):
+        path = shutil.which("g++" if component == "gxx" else "hadolint")
         if path is None:
             missing(component)
         return path

@@ -19,17 +19,24 @@ def rtol_for(backend, rtol: float) -> float:
     return max(rtol, 1e-11) if real_gpu(backend) else rtol
 
 
+def runs_cuda_source(backend) -> bool:
+    """Whether xpmlp's fused kernels run their CUDA source (CUDA's math and its summation
+    order): on a real GPU, and on the stand-in with
+    ``XPMLP_STANDIN_KERNELS=emulated`` (tests/cuda_emulator); the twins run elsewhere."""
+    import os
+
+    if real_gpu(backend):
+        return True
+    emulated = os.environ.get("XPMLP_STANDIN_KERNELS") == "emulated"
+    return backend.name == "cupy" and emulated
+
+
 def twins_run(backend) -> bool:
     """Whether ``backend``'s fused kernels are their NumPy twins (NumPy itself, or the CuPy
-    stand-in unless its ``runs_cuda_source`` is set): then a fused computation is the CPU's bit
-    for bit. On a GPU, or where the stand-in runs the CUDA source, tanh, exp and log come from
-    CUDA's math library and reductions add in another order (:func:`fused_tolerance`)."""
-    import sys
-
-    if backend.name == "numpy":
-        return True
-    standin = sys.modules.get("cupy_standin")
-    return not real_gpu(backend) and not getattr(standin, "runs_cuda_source", False)
+    stand-in in its default mode): then a fused computation is the CPU's bit for bit. On a GPU,
+    or where the stand-in runs the CUDA source (:func:`runs_cuda_source`), tanh, exp and log come
+    from CUDA's math library and reductions add in another order (:func:`fused_tolerance`)."""
+    return backend.name in ("numpy", "cupy") and not runs_cuda_source(backend)
 
 
 def fused_tolerance(exact: bool, dtype) -> dict:
