@@ -104,8 +104,8 @@ def build(code: str, flags: list[str]) -> Path:
     command = ["g++", *flags, "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-U_FORTIFY_SOURCE",
                "-I", str(HERE)]  # fmt: skip
     digest = hashlib.sha256("\0".join([unit, *command]).encode())
-    for header in HEADERS:
-        digest.update((HERE / header).read_bytes())
+    for part in (*HEADERS, "runtime.cpp"):
+        digest.update((HERE / part).read_bytes())
     target = cache_dir() / f"kernels-{digest.hexdigest()[:24]}.so"
     if target.exists():
         return target

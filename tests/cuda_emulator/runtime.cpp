@@ -32,8 +32,8 @@ struct Fiber {
   ucontext_t context;
   char* stack = nullptr;
   State state = DONE;
-  int line = 0;
-  void* site = nullptr;  // the __syncthreads() call it waits at
+  int line = 0;  // the __syncthreads() it waits at, by its line: g++ may copy one call site
+                 // (unswitching a loop on a thread's index), CUDA's barrier is the source's
   uint3 tid{};
 };
 const size_t kStackBytes = 128 * 1024;
@@ -117,7 +117,7 @@ bool run_block(unsigned count, uint64_t* shuffle_state) {
       }
       ++n_waiting;
       if (!waiting) waiting = &f;
-      if (f.site != waiting->site)
+      if (f.line != waiting->line)
         return fail("divergent __syncthreads() in block (%u,%u,%u): thread (%u,%u,%u) waits at "
                     "line %d, thread (%u,%u,%u) at line %d", block_idx.x, block_idx.y,
                     block_idx.z, waiting->tid.x, waiting->tid.y, waiting->tid.z, waiting->line,
@@ -187,7 +187,6 @@ void barrier(int line) {
   Fiber& f = fibers[running];
   f.state = WAITING;
   f.line = line;
-  f.site = __builtin_return_address(0);
   swapcontext(&f.context, &scheduler);
 }
 }  // namespace xemu
