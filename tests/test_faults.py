@@ -189,7 +189,8 @@ def test_a_full_disk_loses_nothing_saved(tmp_path, data, uninterrupted):
 
     result = _run(_command(data, out), preexec_fn=small_disk)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("xpmlp: error:") and "File too large" in result.stderr
+    assert result.stderr.startswith("xpmlp: error:") and "file too large" in result.stderr
+    assert str(out / "checkpoints") in result.stderr and "ulimit -f" in result.stderr  # where, fix
     _assert_one_line_at_most(result.stderr)
     assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == saved
     _assert_same(_finish(data, out), uninterrupted)

@@ -45,6 +45,12 @@ def _write_in(dir_fd: int, name: str, write: Callable, mode: str, *, shown: Path
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        if exc.filename is None and exc.errno is not None:  # name the file being written
+            raise type(exc)(exc.errno, exc.strerror, os.fspath(shown)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)

@@ -45,6 +45,8 @@ def cmd_device(args) -> int:
 
 FIXES = {
     errno.ENOSPC: "free some space and run the command again",
+    errno.EFBIG: "the file grew past its size limit (ulimit -f) or the file system's; raise it, "
+    "or write elsewhere",
     errno.EDQUOT: "free some space and run the command again",
     errno.EACCES: "check its permissions, or choose another path",
     errno.EPERM: "check its permissions, or choose another path",

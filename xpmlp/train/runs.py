@@ -249,7 +249,12 @@ class RunDir:
         arrays["scaling"] = scaler.state_dict() if scaler is not None else None
         name = checkpoint.checkpoint_name(epoch)
         self._dir()
-        checkpoint.save(name, meta=meta, arrays=arrays, dir_fd=self._checkpoints_fd)
+        try:
+            checkpoint.save(name, meta=meta, arrays=arrays, dir_fd=self._checkpoints_fd)
+        except OSError as exc:  # written by name in the open directory: say which directory
+            if exc.errno is None:
+                raise
+            raise type(exc)(exc.errno, exc.strerror, str(self.checkpoints / name)) from None
         checkpoint.prune(self._checkpoints_fd, keep)
         return self.checkpoints / name
 
