@@ -426,7 +426,8 @@ def _auto_backend(local_rank: int | None = None) -> Backend:
     try:
         return _cupy_backend(0) if local_rank is None else _cupy_backend(local_rank, by_rank=True)
     except GpuUnavailableError as exc:
-        _say_once(f"xpmlp: no GPU ({exc.reason}); using the CPU")
+        if not local_rank:  # in a job, the first process on each machine says it for all
+            _say_once(f"xpmlp: no GPU ({exc.reason}); using the CPU")
         return get_backend("cpu")
 
 

@@ -3,6 +3,9 @@
 Imports from: nothing in xpmlp.
 """
 
+import errno
+from pathlib import Path
+
 
 def install_hint(requirement: str, extra: str) -> str:
     """How to install an optional dependency: by its own name (xpmlp is not on PyPI), or through
@@ -16,6 +19,29 @@ def in_words(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror[0].lower() + exc.strerror[1:]
     return str(exc)
+
+
+FIXES = {
+    errno.ENOSPC: "free some space and run the command again",
+    errno.EFBIG: "the file grew past its size limit (ulimit -f) or the file system's; raise it, "
+    "or write elsewhere",
+    errno.EDQUOT: "free some space and run the command again",
+    errno.EACCES: "check its permissions, or choose another path",
+    errno.EPERM: "check its permissions, or choose another path",
+    errno.EROFS: "choose a path on a writable file system",
+    errno.EEXIST: "choose another path, or remove what is there",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """An OSError in words, naming the file (not a temporary one beside it) and the fix."""
+    path = exc.filename
+    if path is not None and Path(path).name.startswith(".tmp-"):
+        path = Path(path).parent  # a temporary file: the directory it was written in
+    message = in_words(exc) if path is None else f"{path}: {in_words(exc)}"
+    fix = FIXES.get(exc.errno)
+    return f"{message}; {fix}" if fix else message
 
 
 class XpmlpError(Exception):

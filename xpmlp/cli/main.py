@@ -6,15 +6,13 @@ Every user error (bad flag, file, shape, label, NaN) ends as one line on stderr 
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
-from pathlib import Path
 
 from ..backend import get_backend
 from ..doctor import check_file
-from ..errors import XpmlpError, in_words
+from ..errors import XpmlpError, os_error_message
 from ..train.distributed import launched_rank
 from ..train.runs import versions
 from .parser import build_parser
@@ -41,29 +39,6 @@ def cmd_device(args) -> int:
     for name, version in versions().items():
         print(f"  {name} {version}")
     return 0
-
-
-FIXES = {
-    errno.ENOSPC: "free some space and run the command again",
-    errno.EFBIG: "the file grew past its size limit (ulimit -f) or the file system's; raise it, "
-    "or write elsewhere",
-    errno.EDQUOT: "free some space and run the command again",
-    errno.EACCES: "check its permissions, or choose another path",
-    errno.EPERM: "check its permissions, or choose another path",
-    errno.EROFS: "choose a path on a writable file system",
-    errno.EEXIST: "choose another path, or remove what is there",
-    errno.ENOENT: "check the path",
-}
-
-
-def os_error_message(exc: OSError) -> str:
-    """An OSError in words, naming the file (not a temporary one beside it) and the fix."""
-    path = exc.filename
-    if path is not None and Path(path).name.startswith(".tmp-"):
-        path = Path(path).parent  # a temporary file: the directory it was written in
-    message = in_words(exc) if path is None else f"{path}: {in_words(exc)}"
-    fix = FIXES.get(exc.errno)
-    return f"{message}; {fix}" if fix else message
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,

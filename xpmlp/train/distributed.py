@@ -36,7 +36,7 @@ import pickle
 import numpy as np
 
 from ..backend import Backend, get_backend, local_backend
-from ..errors import ConfigError, XpmlpError, install_hint
+from ..errors import ConfigError, XpmlpError, install_hint, os_error_message
 
 MODES = ("auto", "none", "mpi")
 REDUCTIONS = ("ordered", "allreduce")
@@ -238,7 +238,9 @@ def reduce_step(comm, gradient, stop: int, *, size: int, dtype) -> tuple:
 
 def describe(exc: BaseException) -> str:
     """An exception in one line: ours and the OS's by their message, others by type too."""
-    if isinstance(exc, XpmlpError | OSError):
+    if isinstance(exc, OSError):
+        return os_error_message(exc)
+    if isinstance(exc, XpmlpError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
