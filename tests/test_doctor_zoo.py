@@ -323,3 +323,27 @@ def test_a_leaky_forward_with_its_own_derivative_is_named_once():
 def test_a_correct_network_with_one_or_two_outputs_gets_no_note(output, sizes):
     report = _check(zoo.net("tanh", output), activation="tanh", output=output, sizes=sizes)
     assert report.ok and not report.notes, str(report)
+
+
+def test_a_loss_computed_in_float32_does_not_make_right_gradients_wrong():
+    grads, loss = zoo.no_bias_mse(scale="half_mean")
+
+    def loss32(weights, biases, X, Y):
+        return np.float32(loss([w.astype(np.float32) for w in weights], biases,
+                               X.astype(np.float32), Y.astype(np.float32)))  # fmt: skip
+
+    report = check_gradients(grads, [6, 9, 4], loss=loss32, output="identity", bias=False)
+    assert report.ok and not report.notes, str(report)
+    wrong = check_gradients(lambda *a: [2 * g for g in grads(*a)], [6, 9, 4], loss=loss32,
+                            output="identity", bias=False)  # fmt: skip
+    assert wrong.codes == {"wrong_scale"}, str(wrong)
+
+
+def test_a_loss_that_raises_is_a_finding_and_leaves_the_check_usable():
+    grads, _ = zoo.no_bias_mse()
+
+    def broken(weights, biases, X, Y):
+        raise ValueError("shapes (9,4) and (6,9) not aligned")
+
+    report = check_gradients(grads, [6, 9, 4], loss=broken, output="identity", bias=False)
+    assert report.codes == {"crashed"} and "loss raised ValueError" in str(report)

@@ -32,9 +32,6 @@ SIGMOID_TWICE = ("sigmoid_derivative_twice", "the sigmoid's derivative is multip
                  "the extra s * (1 - s) factor")  # fmt: skip
 
 
-HIDDEN_BATCH_MEAN = "missing_batch_mean"
-
-
 @dataclass(frozen=True)
 class Candidate:
     """A delta the user may have computed, with the findings it implies (none for a right one)

@@ -97,8 +97,11 @@ def check_gradients(
     report = Report(findings)
     scales = accepted_scales(probe)
     if callable(loss):
-        report.loss_check, disagree = loss_check(loss, probe, shape, got)
-        scales, note = convention_of(loss, probe, shape)
+        try:
+            report.loss_check, disagree = loss_check(loss, probe, shape, got)
+            scales, note = convention_of(loss, probe, shape)
+        except Exception as exc:  # their code: say what it raised, as for grads
+            return Report([Finding("crashed", f"loss raised {type(exc).__name__}: {exc}")])
         report.notes += [note] if note else []
         if scales is None:  # not a network xpmlp knows: the differences are the whole verdict
             report.findings += disagree
@@ -297,9 +300,6 @@ def _read_back(A, dW, db=None) -> np.ndarray | None:
         return None
     delta, *_ = np.linalg.lstsq(A.T, dW, rcond=None)
     return delta if close(A.T @ delta, dW) else None
-
-
-# ---------------------------------------------------------------------- what the delta should be
 
 
 # ---------------------------------------------------------------------- findings
