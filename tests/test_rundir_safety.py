@@ -272,3 +272,17 @@ def test_cli_resume_passes_over_a_replaced_newest_checkpoint(tmp_path, data, cap
     assert len(err) == 1 and err[0].startswith("xpmlp: ") and str(newest) in err[0], err
     assert err[0].endswith(f"; resuming from {checkpoint.checkpoint_name(1)}")
     assert checkpoint.load(tmp_path / "run")["meta"]["trainer"]["epoch"] == 3
+
+
+def test_a_run_made_after_the_check_is_never_replaced(tmp_path, problem, monkeypatch):
+    # Another process may make a run between check_new and the lock: create() looks again.
+    from xpmlp.train.runs import RunDir
+
+    X, y = problem
+    fit(_model(), X, y, epochs=1, out=tmp_path / "r", **SETTINGS)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r" / "checkpoints").iterdir()}
+    monkeypatch.setattr(RunDir, "check_new", lambda self, overwrite=False: None)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        RunDir(tmp_path / "r").create(overwrite=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r" / "checkpoints").iterdir()} == before
+    assert not (tmp_path / "r" / ".lock").exists()

@@ -97,6 +97,10 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self._hold()
         try:
+            if not overwrite and (self.latest() is not None or _exists(self._fd, CONFIG)):
+                # another process made a run here since check_new, before we held the lock
+                raise ConfigError(f"{self.path} already holds a run; continue it with --resume "
+                                  f"{self.path} (resume=True), or replace it with --overwrite")  # fmt: skip
             for name in (CONFIG, METRICS, CURVES):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=self._fd)
@@ -281,6 +285,14 @@ class RunDir:
         return reporting.plot_curves(
             history, CURVES, title=title, best_epoch=best_epoch, dir_fd=self._dir()
         )
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _lock_holder(head: bytes) -> str:
