@@ -878,3 +878,15 @@ def test_a_non_finite_value_is_named_not_its_whole_row():
     with pytest.raises(DataError, match="found nan in column 300 of row 2 of X") as info:
         check_finite(X, where="X")
     assert len(str(info.value)) < 120
+
+
+def test_the_arrays_of_an_npz_are_bounded_in_all_not_only_each(tmp_path, monkeypatch):
+    # Members can share one compressed stream (a zip bomb): the budget is for their sum.
+    from xpmlp.data import userdata
+
+    np.savez(tmp_path / "two.npz", X=np.zeros((10, 8)), y=np.zeros(80))  # 640 bytes each
+    monkeypatch.setattr(userdata, "MAX_ARRAY_BYTES", 1000)
+    with pytest.raises(DataError, match="two.npz"):
+        userdata.read_npz(tmp_path / "two.npz", max_bytes=900)
+    names, arrays = userdata.read_npz(tmp_path / "two.npz", ["X"], max_bytes=900)
+    assert arrays["X"].shape == (10, 8)

@@ -135,11 +135,15 @@ def read_npz(path: Path, wanted=None, *, max_bytes=MAX_ARRAY_BYTES):
             with zipfile.ZipFile(file) as archive:
                 members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
                 room = os.fstat(file.fileno()).st_size
-                arrays = {}
+                arrays, total = {}, 0
                 for name in members if wanted is None else wanted:
                     if name in members:
                         limit = max_bytes(name) if callable(max_bytes) else max_bytes
+                        # members may share one compressed stream (a zip bomb): each is also
+                        # refused, before it is allocated, past what the others left of the budget
+                        limit = min(limit, MAX_ARRAY_BYTES - total)
                         arrays[name] = _read_npy_member(archive, members[name], path, room, limit)
+                        total += arrays[name].nbytes
                 return list(members), arrays
     except DataError:
         raise
