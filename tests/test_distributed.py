@@ -332,7 +332,9 @@ def test_a_failed_write_on_rank_0_is_raised_on_every_rank():
     def full_disk():
         raise OSError(27, "File too large")
 
-    with pytest.raises(distributed.JobError, match=r"^file too large; .*ulimit -f") as raised:  # in words
+    with pytest.raises(
+        distributed.JobError, match=r"^file too large; .*ulimit -f"
+    ) as raised:  # in words
         distributed.on_root(_OneRankOfTwo(0), full_disk)
     comm = _OneRankOfTwo(1, peer=("error", raised.value))
     with pytest.raises(distributed.JobError, match="file too large"):

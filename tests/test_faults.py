@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from optional import MPIEXEC, has, reason
+from optional import MPIEXEC, need
 
 from xpmlp.train import checkpoint
 
@@ -228,8 +228,7 @@ runpy.run_module("xpmlp", run_name="__main__")
 @pytest.fixture(scope="module")
 def job(tmp_path_factory) -> dict:
     """The data, the faulty wrapper and the final weights of an uninterrupted 2-rank run."""
-    if not has("mpi"):
-        pytest.skip(reason("mpi"))
+    need("mpi")
     where = tmp_path_factory.mktemp("mpi-faults")
     rng = np.random.default_rng(1)
     X = rng.normal(size=(2000, 10)).astype(np.float32)

@@ -323,6 +323,7 @@ def test_predicting_from_another_namespace_is_refused(namespace, device):
         check(type(estimator).__name__, estimator, namespace, device)
 
 
+@pytest.mark.slow  # a GridSearchCV of six fits: about 50 s on two cores
 def test_the_readme_example_runs(capsys):
     page = (Path(__file__).resolve().parent.parent / "docs" / "sklearn.md").read_text()
     code = page.split("```python\n")[1].split("```")[0]
