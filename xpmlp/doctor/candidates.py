@@ -43,25 +43,39 @@ class Candidate:
     ratio: float = 1.0
 
 
+def conventions(probe: Probe) -> list[tuple[float, float, str]]:
+    """The losses a user of the probe's output may mean, xpmlp's own first: (the loss's value
+    on the probe, the output delta's scale it implies, what it is; '' for xpmlp's own)."""
+    n, k = probe.n, probe.layer_sizes[-1]
+    out, T = probe.outputs(), probe.T
+    with np.errstate(all="ignore"):
+        if probe.output == "softmax":
+            total = float(-np.sum(T * np.log(out)))
+            return [(total / n, 1 / n, ""), (total, 1.0, "cross-entropy summed over the samples")]
+        if probe.output == "sigmoid":
+            total = float(-np.sum(T * np.log(out) + (1 - T) * np.log(1 - out)))
+            return [(total / n, 1 / n, ""),
+                    (total / (n * k), 1 / (n * k), "binary cross-entropy averaged over the outputs too"),
+                    (total, 1.0, "binary cross-entropy summed over the samples")]  # fmt: skip
+    squares = float(np.sum((out - T) ** 2))
+    return [(squares / (2 * n), 1 / n, ""),
+            (squares / n, 2 / n, "the full squared error (not halved), averaged over the samples"),
+            (squares / (2 * n * k), 1 / (n * k), "half the squared error averaged over samples and outputs"),
+            (squares / (n * k), 2 / (n * k), "the mean squared error over samples and outputs"),
+            (squares / 2, 1.0, "half the squared error summed over the samples"),
+            (squares, 2.0, "the squared error summed over the samples")]  # fmt: skip
+
+
 def accepted_scales(probe: Probe) -> dict[float, str]:
     """The output delta's scales the user may have chosen (scale: the loss it belongs to, '' for
     xpmlp's own), when their loss is not known. Cross-entropy is the mean (the API asks for its
-    gradients); a summed or full squared error, or a binary cross-entropy summed over the
-    samples, is a convention."""
-    n, k = probe.n, probe.layer_sizes[-1]
-    pairs = [(1 / n, "")]
-    if probe.output == "sigmoid":
-        pairs += [(1 / (n * k), "binary cross-entropy averaged over the outputs too"),
-                  (1.0, "binary cross-entropy summed over the samples")]  # fmt: skip
-    elif probe.output == "identity":
-        pairs += [(2 / n, "the full squared error (not halved), averaged over the samples"),
-                  (1 / (n * k), "half the squared error averaged over samples and outputs"),
-                  (2 / (n * k), "the mean squared error over samples and outputs"),
-                  (1.0, "half the squared error summed over the samples"),
-                  (2.0, "the squared error summed over the samples")]  # fmt: skip
+    gradients); a summed or full squared error, or a binary cross-entropy averaged or summed
+    otherwise, is a convention."""
     scales: dict[float, str] = {}
-    for scale, what in pairs:  # with one or two outputs some coincide: the first names it
-        scales.setdefault(scale, what)
+    for _, scale, what in conventions(probe):
+        if probe.output == "softmax" and what:
+            continue
+        scales.setdefault(scale, what)  # with one or two outputs some coincide: the first names it
     return scales
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .candidates import conventions
 from .layouts import Layout, user_arguments
 from .reference import Probe
 from .report import Finding
@@ -66,35 +67,12 @@ def _central_difference(loss, probe: Probe, shape: Layout, flat, j: int, relativ
     return (up - down) / (2 * step)
 
 
-def reference_losses(probe: Probe) -> list[tuple[float, float, str]]:
-    """(loss value, the output delta's scale, what the loss is; '' for xpmlp's own) for each
-    convention of the probe's output."""
-    n, k = probe.n, probe.layer_sizes[-1]
-    out, T = probe.outputs(), probe.T
-    with np.errstate(all="ignore"):
-        if probe.output == "softmax":
-            total = float(-np.sum(T * np.log(out)))
-            return [(total / n, 1 / n, ""), (total, 1.0, "cross-entropy summed over the samples")]
-        if probe.output == "sigmoid":
-            total = float(-np.sum(T * np.log(out) + (1 - T) * np.log(1 - out)))
-            return [(total / n, 1 / n, ""),
-                    (total / (n * k), 1 / (n * k), "binary cross-entropy averaged over the outputs too"),
-                    (total, 1.0, "binary cross-entropy summed over the samples")]  # fmt: skip
-    squares = float(np.sum((out - T) ** 2))
-    return [(squares / (2 * n), 1 / n, ""),
-            (squares / n, 2 / n, "the full squared error (not halved), averaged over the samples"),
-            (squares / (2 * n * k), 1 / (n * k), "half the squared error averaged over samples and outputs"),
-            (squares / (n * k), 2 / (n * k), "the mean squared error over samples and outputs"),
-            (squares / 2, 1.0, "half the squared error summed over the samples"),
-            (squares, 2.0, "the squared error summed over the samples")]  # fmt: skip
-
-
 def convention_of(loss, probe: Probe, shape: Layout) -> tuple[dict | None, str | None]:
     """({scale: what} the user's loss implies, a note), or (None, why) where the value is none
     of the known network's losses (another architecture: only the differences speak)."""
     value = _value(loss, probe, shape)
     _, _, closeness = precision(loss, probe, shape)
-    for reference, scale, what in reference_losses(probe):
+    for reference, scale, what in conventions(probe):
         if np.isclose(value, reference, rtol=closeness, atol=1e-12):
             return {scale: what}, (
                 f"your loss is {what}: a convention, not a bug" if what else None
