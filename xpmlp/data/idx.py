@@ -16,8 +16,9 @@ from ..errors import DataError
 # Larger than any IDX dataset, and than half the memory of a small machine: a header claiming
 # more is corrupt or hostile, and is refused before anything is decompressed or allocated.
 MAX_IDX_BYTES = 8 * 2**30
-# Deflate's best case is 1032:1, so a gzip file of n bytes holds at most about 1032 * n.
-MAX_GZIP_RATIO = 1100
+# Deflate's best case is 1032:1, so n compressed bytes (gzip, a zip member) hold at most about
+# 1032 * n: a size claimed beyond this ratio is corrupt.
+MAX_DEFLATE_RATIO = 1100
 CHUNK_BYTES = 2**24  # the payload is read in pieces: memory grows only with bytes really there
 
 # IDX type code -> on-disk dtype (IDX stores every multi-byte value big-endian).
@@ -117,7 +118,7 @@ def _check_room(path, dims, dtype, expected: int, file_size: int | None, compres
     if file_size is None:  # not a regular file: the read itself is bounded
         return
     if compressed:
-        room, holds = file_size * MAX_GZIP_RATIO, f"a gzip file of {file_size:,} bytes can hold"
+        room, holds = file_size * MAX_DEFLATE_RATIO, f"a gzip file of {file_size:,} bytes can hold"
     else:
         room = file_size - 4 - 4 * len(dims)
         holds = "the file holds after its header"

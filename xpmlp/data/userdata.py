@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError, in_words
+from .idx import MAX_DEFLATE_RATIO
 from .inputs import check_finite, check_labels, check_rows, first_nonfinite_row
 
 MAX_ARRAY_BYTES = 16 * 2**30  # a user array declaring more is refused before allocation
-MAX_ZIP_RATIO = 1100  # deflate's best case is 1032:1; a member claiming more is corrupt
 
 
 def load_arrays(path, *, label_column="label") -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def load_arrays(path, *, label_column="label") -> tuple[np.ndarray, np.ndarray]:
     X : array of shape (n_samples, n_features)
         Finite values; the stored dtype for ``.npz``, float64 for ``.csv``.
     y : array of shape (n_samples,), int64 or str
-        Non-negative integer labels, or text labels (each distinct text a class).
+        Whole-number labels of any sign, or text labels (each distinct value a class).
 
     Raises
     ------
@@ -157,7 +157,7 @@ def _read_npy_member(
     where = f"{info.filename} in {path}"
     if not info.filename.endswith(".npy"):
         raise DataError(f"{where} is not a .npy array")
-    if info.compress_size > room or info.file_size > max(info.compress_size, 1) * MAX_ZIP_RATIO:
+    if info.compress_size > room or info.file_size > max(info.compress_size, 1) * MAX_DEFLATE_RATIO:
         raise DataError(
             f"{where} claims {info.file_size:,} bytes from {info.compress_size:,} compressed, "
             f"in an archive of {room:,} bytes; the archive is corrupt"

@@ -208,11 +208,8 @@ def checkpoints_in(folder) -> list[tuple[int, str]]:
 
 def prune(directory, keep: int) -> None:
     """Delete all but the ``keep`` newest checkpoints in ``directory`` (a path, or a directory
-    held open; ``keep=0``: all of them), and stale temporaries, by name in that directory: a link is removed, never
-    followed.
-
-    A temporary file is only left behind by a writer that was killed mid-write.
-    """
+    held open; ``keep=0``: all of them), and stale temporaries, by name in that directory: a link
+    is removed, never followed."""
     with open_dir(directory, follow=False) as folder:
         with os.scandir(folder) as entries:
             stale = [e.name for e in entries if e.name.startswith(".tmp-") and not e.is_dir()]

@@ -1,6 +1,6 @@
 """Every setting of a training run, with its default and its validation, in one place.
 
-:class:`TrainConfig` is what :class:`~xpmlp.train.trainer.Trainer`, :func:`~xpmlp.train.trainer.fit`, the
+:class:`TrainConfig` is what :class:`~xpmlp.train.trainer.Trainer`, :func:`~xpmlp.train.fitting.fit`, the
 command line (its flags and their defaults) and the checkpoint metadata share; :class:`DataConfig`
 is where the command line's data comes from and how it is prepared. The model's own settings
 (layer sizes, activation, dropout, L2 penalty, init, dtype, seed) are :meth:`MLP.config`.

@@ -30,7 +30,7 @@ from ..core.model import MLP
 from ..data import datasets
 from ..data.inputs import Scaler
 from ..errors import CheckpointError, ConfigError
-from ..files import NOFOLLOW, open_dir, open_directory
+from ..files import NOFOLLOW, kind, open_dir, open_directory
 from . import checkpoint, marker, reporting
 from .marker import CHECKPOINTS, CONFIG, CURVES, LOCK, METRICS, Found
 
@@ -82,10 +82,7 @@ class RunDir:
             if found is Found.FOREIGN:
                 raise marker.not_a_run(self.path, fd)
             if found is not Found.EMPTY and not overwrite:
-                raise ConfigError(
-                    f"{self.path} already holds a run; continue it with --resume {self.path} "
-                    "(resume=True), or replace it with --overwrite (overwrite=True)"
-                )
+                raise _holds_a_run(self.path)
             marker.check_entries(fd, self.path)
 
     def create(self, *, overwrite: bool = False) -> RunDir:
@@ -97,10 +94,9 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self._hold()
         try:
-            if not overwrite and (self.latest() is not None or _exists(self._fd, CONFIG)):
+            if not overwrite and (self.latest() is not None or kind(self._fd, CONFIG)):
                 # another process made a run here since check_new, before we held the lock
-                raise ConfigError(f"{self.path} already holds a run; continue it with --resume "
-                                  f"{self.path} (resume=True), or replace it with --overwrite")  # fmt: skip
+                raise _holds_a_run(self.path)
             for name in (CONFIG, METRICS, CURVES):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=self._fd)
@@ -287,12 +283,11 @@ class RunDir:
         )
 
 
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
+def _holds_a_run(path: Path) -> ConfigError:
+    return ConfigError(
+        f"{path} already holds a run; continue it with --resume {path} "
+        "(resume=True), or replace it with --overwrite (overwrite=True)"
+    )
 
 
 def _lock_holder(head: bytes) -> str:
